@@ -1,0 +1,84 @@
+"""Shared helpers for the functional tests: simulated multi-process all-reduce and random masked batches."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+GARBAGE = (float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 123.0)
+
+
+def run_in_lockstep(fn: Callable[[Any, Callable[[Tensor], Tensor]], Any], shards: Sequence[Any]) -> list[Any]:
+    """Run ``fn(shard, reduce_fn)`` once per shard, each in its own thread acting as one process.
+
+    ``reduce_fn`` behaves like ``accelerator.reduce(t, "sum")``: it blocks until every "process" has called it, then
+    returns the element-wise sum of all their tensors (in rank order, so every process gets identical bits). Any
+    number of collectives per call works, as long as all processes make the same sequence of calls.
+    """
+    world = len(shards)
+    barrier = threading.Barrier(world)
+    slots: list[Tensor | None] = [None] * world
+    results: list[Any] = [None] * world
+    errors: list[BaseException] = []
+
+    def make_reduce_fn(rank: int) -> Callable[[Tensor], Tensor]:
+        def reduce_fn(t: Tensor) -> Tensor:
+            slots[rank] = t.detach().clone()
+            barrier.wait()
+            total = torch.stack(slots).sum(dim=0)  # type: ignore[arg-type]
+            barrier.wait()  # nobody overwrites a slot before everyone has summed
+            return total
+
+        return reduce_fn
+
+    def worker(rank: int) -> None:
+        try:
+            results[rank] = fn(shards[rank], make_reduce_fn(rank))
+        except BaseException as err:  # surface the error in the main thread
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(rank,)) for rank in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def split_rows(cuts: Sequence[int], *tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """Split every tensor along dim 0 at the sorted positions ``cuts`` (empty shards allowed)."""
+    bounds = [0, *sorted(cuts), tensors[0].shape[0]]
+    return [tuple(t[lo:hi] for t in tensors) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def random_batch(
+    seed: int, batch: int, length: int, *, prefix_mask: bool = True, dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, Tensor, torch.Generator]:
+    """Random (B, T) values and a 0/1 mask: right-padded prefixes (some possibly empty) or arbitrary holes."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, generator=gen, dtype=dtype)
+    if prefix_mask:
+        lengths = torch.randint(0, length + 1, (batch,), generator=gen)
+        mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
+    else:
+        mask = torch.rand(batch, length, generator=gen) < 0.7
+    return x, mask, gen
+
+
+def fill_masked(x: Tensor, mask: Tensor, garbage: float) -> Tensor:
+    """``x`` with every masked-out position replaced by ``garbage``."""
+    return torch.where(mask.bool(), x, torch.full_like(x, garbage))
+
+
+def append_garbage(x: Tensor, mask: Tensor, pad: int, garbage: float) -> tuple[Tensor, Tensor]:
+    """Append ``pad`` masked-out columns holding ``garbage`` to ``x`` and ``mask``."""
+    x_pad = torch.cat([x, torch.full((*x.shape[:-1], pad), garbage, dtype=x.dtype)], dim=-1)
+    mask_pad = torch.cat([mask, torch.zeros((*mask.shape[:-1], pad), dtype=mask.dtype)], dim=-1)
+    return x_pad, mask_pad

@@ -1,0 +1,152 @@
+"""Per-token KL estimators between the policy and the reference model, and how they enter rewards or the loss.
+
+All estimators are functions of the per-token log-ratio ℓ_t = log π(a_t) - log π_ref(a_t) of tokens sampled from π,
+following Schulman 2020, "Approximating KL Divergence" (k1, k2, k3); their trade-offs are discussed in Hu 2025,
+REINFORCE++ v9, App. B.1.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from ._utils import ReduceFn, accumulation_dtype, all_reduce_sum, as_bool_mask
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "kl_estimate",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "kl_loss",
+    "kl_sequence_penalty",
+    "kl_token_penalty",
+]
+
+# Below this |ℓ| the k3 expression loses most of its digits to cancellation (exp(-ℓ) - 1 ≈ -ℓ), so use its series.
+_K3_SERIES_THRESHOLD = 0.05
+# Σ_{n>=2} (-ℓ)^n / n! = ℓ² · Σ_{m>=0} (-ℓ)^m / (m+2)!, truncated after m = 6 (relative error < 1e-14 at 0.05).
+_K3_SERIES_COEFFS = tuple((-1.0) ** m / math.factorial(m + 2) for m in range(7))
+
+
+def _k1(log_ratio: Tensor) -> Tensor:
+    return log_ratio
+
+
+def _k2(log_ratio: Tensor) -> Tensor:
+    return 0.5 * log_ratio.square()
+
+
+def _k3(log_ratio: Tensor) -> Tensor:
+    small = log_ratio.abs() < _K3_SERIES_THRESHOLD
+    # Feed each branch only values it handles well, so the unused branch cannot overflow into NaN gradients.
+    l_small = torch.where(small, log_ratio, 0.0)
+    l_large = torch.where(small, 1.0, log_ratio)
+    series = torch.full_like(l_small, _K3_SERIES_COEFFS[-1])
+    for coeff in reversed(_K3_SERIES_COEFFS[:-1]):  # Horner over a fixed number of coefficients, not over tokens
+        series = series * l_small + coeff
+    series = series * l_small.square()
+    direct = torch.expm1(-l_large) + l_large
+    # ℓ = -inf would give inf - inf; the limit is +inf.
+    direct = torch.where(l_large == -torch.inf, torch.inf, direct)
+    # exp(-ℓ) - 1 + ℓ >= 0 mathematically; the clamp guards against a last-ulp rounding below zero.
+    return torch.where(small, series, direct).clamp(min=0.0)
+
+
+def kl_k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k1 = ℓ = log π - log π_ref per token (Schulman 2020, Approximating KL Divergence).
+
+    Unbiased for KL(π‖π_ref) under samples from π, but negative on individual tokens; as a loss its gradient
+    ignores π_ref, so it belongs in the reward (Hu 2025, REINFORCE++ v9, App. B.1).
+    """
+    return _k1(logprobs - ref_logprobs)
+
+
+def kl_k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k2 = ½ ℓ² per token (Schulman 2020, Approximating KL Divergence).
+
+    Biased but low-variance; as a loss its gradient is the reverse-KL gradient, hence its use as the separate KL
+    loss of REINFORCE++-baseline (Hu 2025, REINFORCE++ v9, Eq. 8).
+    """
+    return _k2(logprobs - ref_logprobs)
+
+
+def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k3 = exp(-ℓ) - 1 + ℓ per token, always >= 0 (Schulman 2020, Approximating KL Divergence; GRPO's KL loss,
+    Shao et al. 2024, DeepSeekMath, Eq. 4).
+
+    Computed as expm1(-ℓ) + ℓ, and through its Taylor series ℓ²(1/2 - ℓ/6 + ...) for |ℓ| < 0.05, where the direct
+    form cancels catastrophically; the result is clamped at 0 against rounding.
+    """
+    return _k3(logprobs - ref_logprobs)
+
+
+KL_ESTIMATORS: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = types.MappingProxyType(
+    {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+)
+
+# Same estimators as functions of the (possibly clamped) log-ratio, for kl_estimate.
+_LOG_RATIO_ESTIMATORS: Mapping[str, Callable[[Tensor], Tensor]] = types.MappingProxyType(
+    {"k1": _k1, "k2": _k2, "k3": _k3}
+)
+
+
+def kl_estimate(
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    estimator: str = "k1",
+    mask: Tensor | None = None,
+    clamp: float | None = None,
+) -> Tensor:
+    """Per-token KL estimate k(ℓ_t) with ℓ_t = log π - log π_ref, optionally ℓ_t clamped to [-clamp, clamp] first.
+
+    Estimators as in :data:`KL_ESTIMATORS` (Schulman 2020, Approximating KL Divergence). Clamping the log-ratio
+    (OpenRLHF clamps at 10, verl's k3 input at 20) bounds k3's exponential. Masked positions are exactly 0 and
+    never influence active ones.
+    """
+    if estimator not in _LOG_RATIO_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r}; valid names: {sorted(_LOG_RATIO_ESTIMATORS)}")
+    if clamp is not None and not clamp > 0:
+        raise ValueError(f"kl_estimate: clamp must be positive or None, got {clamp}")
+    active = as_bool_mask(mask, logprobs)
+    # Zero the log-ratio at masked positions before any nonlinearity: garbage there could overflow exp().
+    log_ratio = torch.where(active, logprobs - ref_logprobs, 0.0)
+    if clamp is not None:
+        log_ratio = log_ratio.clamp(min=-clamp, max=clamp)
+    return torch.where(active, _LOG_RATIO_ESTIMATORS[estimator](log_ratio), 0.0)
+
+
+def kl_token_penalty(kl: Tensor, mask: Tensor, coef: float) -> Tensor:
+    """Per-token KL reward shaping -β·KL_t at active tokens, 0 elsewhere (Hu 2025, REINFORCE++ v1, Eqs. 4-5).
+
+    Added to the token rewards, whose outcome reward sits at the last token (see ``outcome_token_rewards``).
+    """
+    return torch.where(as_bool_mask(mask, kl), -coef * kl, 0.0)
+
+
+def kl_sequence_penalty(kl: Tensor, mask: Tensor, coef: float) -> Tensor:
+    """Sequence-level KL penalty -β·Σ_t KL_t per completion, shape (B,) (Ahmadian et al. 2024, Back to Basics, Eq. 3).
+
+    The whole completion is one bandit action, so R(x, y) = r(x, y) - β·Σ_t log π/π_ref; TRL's RLOOTrainer adds this
+    to the reward before the leave-one-out baseline.
+    """
+    return -coef * torch.where(as_bool_mask(mask, kl), kl, 0.0).sum(dim=-1)
+
+
+def kl_loss(kl: Tensor, mask: Tensor, coef: float, reduce_fn: ReduceFn | None = None) -> Tensor:
+    """KL loss β · Σ_{active t} KL_t / N_global, the global token mean contribution of this process (Hu 2025,
+    REINFORCE++ v9, Eq. 8; GRPO, Shao et al. 2024, DeepSeekMath, Eq. 3).
+
+    N_global is the active-token count summed over processes with ``reduce_fn`` (one collective); the numerator is
+    LOCAL. Summing the returned losses of all processes therefore gives the global token mean, and an empty local
+    batch contributes 0 instead of NaN. Note that DDP averages gradients over processes, so the trainer multiplies
+    by the number of processes to obtain the gradient of the global mean. N_global is clamped to at least 1.
+    """
+    active = as_bool_mask(mask, kl)
+    local_sum = torch.where(active, kl, 0.0).sum()
+    global_count = all_reduce_sum(active.sum().to(accumulation_dtype(kl.device)).reshape(1), reduce_fn)[0]
+    return coef * local_sum / global_count.clamp(min=1.0).to(local_sum.dtype)

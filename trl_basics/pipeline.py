@@ -1,0 +1,141 @@
+"""The ordered trick pipeline a trainer runs once per generation round (and once per loss computation).
+
+Stage order (fixed, see ``docs/hooks.md``):
+
+1. reward transforms      reward_norm → reward_scale → reward_clip   (PPO-max: normalize, then clip)
+2. KL shaping             kl_shaping                                   (after clipping, PPO-max §5.4)
+3. advantage estimation   exactly one estimator
+4. advantage transforms   advantage_whiten → advantage_clip
+5. extra loss terms       every active trick's ``loss`` (KL in the loss, entropy bonus)
+6. metrics                observers
+
+Within a stage, plugin tricks named in ``tricks`` run first, in the order listed, then the built-ins in the order
+above. The order never depends on pluggy's registration order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .plugins import Registry
+from .types import STAGE_ORDER, AdvantageEstimator, LossInputs, Rollout, Stage, Trick, TrickContext
+
+# Built-ins run in this order within their stage; each is switched on by its own flag.
+BUILTIN_ORDER: tuple[str, ...] = (
+    "reward_norm",
+    "reward_scale",
+    "reward_clip",
+    "kl_shaping",
+    "advantage_whiten",
+    "advantage_clip",
+    "entropy_bonus",
+)
+
+
+class TrickPipeline:
+    """Runs the active tricks of one trainer, stage by stage, and owns their state."""
+
+    def __init__(self, tricks: Sequence[Trick] = (), estimator: AdvantageEstimator | None = None) -> None:
+        names = [trick.name for trick in tricks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a trick is active twice in {names}; each trick may appear once")
+        # A stable sort keeps the given order inside each stage.
+        self.tricks: list[Trick] = sorted(tricks, key=lambda trick: STAGE_ORDER.index(trick.stage))
+        self.estimator = estimator
+
+    @classmethod
+    def from_args(
+        cls, args: Any, registry: Registry | None = None, default_estimator: str | None = None
+    ) -> TrickPipeline:
+        """Build the pipeline that ``args`` switches on. ``default_estimator`` is the trainer's own estimator."""
+        registry = registry if registry is not None else Registry.from_plugin_manager()
+        options: dict[str, dict[str, Any]] = dict(getattr(args, "trick_kwargs", None) or {})
+
+        named = [registry.trick(name).from_args(args, registry, **options.get(name, {})) for name in args.tricks]
+        builtins = [registry.trick(name).from_args(args, registry) for name in BUILTIN_ORDER]
+        tricks = [trick for trick in named + builtins if trick is not None]
+
+        estimator_name = getattr(args, "advantage_estimator", None) or default_estimator
+        estimator = None
+        if estimator_name is not None:
+            estimator_cls = registry.advantage_estimator(estimator_name)
+            estimator = estimator_cls.from_args(args, registry, **options.get(estimator_name, {}))
+        return cls(tricks, estimator)
+
+    @property
+    def names(self) -> list[str]:
+        """Active components in the order they run."""
+        names = [trick.name for trick in self.tricks if trick.stage in (Stage.REWARD, Stage.KL)]
+        if self.estimator is not None:
+            names.append(self.estimator.name)
+        names += [trick.name for trick in self.tricks if trick.stage not in (Stage.REWARD, Stage.KL)]
+        return names
+
+    def __bool__(self) -> bool:
+        return bool(self.tricks) or self.estimator is not None
+
+    def stage(self, stage: Stage) -> list[Trick]:
+        return [trick for trick in self.tricks if trick.stage is stage]
+
+    def _run(self, trick: Trick, rollout: Rollout, ctx: TrickContext) -> Rollout:
+        return trick.apply(rollout, ctx.scoped(f"tricks/{trick.name}"))
+
+    def process(self, rollout: Rollout, ctx: TrickContext) -> Rollout:
+        """Stages 1-4 and 6 for one generation round: rewards → KL → advantages → advantage transforms → metrics.
+
+        Unscorable completions (NaN reward) keep NaN through every stage, so no statistic counts them; their
+        advantages (and returns) are zeroed at the end, as TRL does.
+        """
+        for stage in (Stage.REWARD, Stage.KL):
+            for trick in self.stage(stage):
+                rollout = self._run(trick, rollout, ctx)
+        if self.estimator is not None:
+            rollout = self._run(self.estimator, rollout, ctx)
+        for trick in self.stage(Stage.ADVANTAGE_TRANSFORM):
+            rollout = self._run(trick, rollout, ctx)
+        rollout = _zero_unscorable(rollout, ctx)
+        for trick in self.stage(Stage.METRICS):
+            rollout = self._run(trick, rollout, ctx)
+        return rollout
+
+    def loss(self, inputs: LossInputs, ctx: TrickContext) -> Tensor | None:
+        """Stage 5: the sum of every active trick's extra loss term, or ``None`` if no trick adds one."""
+        total = None
+        for trick in self.tricks:
+            term = trick.loss(inputs, ctx.scoped(f"tricks/{trick.name}"))
+            if term is not None:
+                ctx.log(f"tricks/{trick.name}/loss", float(term.detach()))
+                total = term if total is None else total + term
+        return total
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """State of every stateful component, by name (running moments, KL controller, baselines)."""
+        components = self.tricks + ([self.estimator] if self.estimator is not None else [])
+        return {c.name: state for c in components if (state := c.state_dict())}
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
+        components = {c.name: c for c in self.tricks + ([self.estimator] if self.estimator is not None else [])}
+        unknown = sorted(set(state) - set(components))
+        if unknown:
+            raise ValueError(
+                f"the checkpoint holds state for {unknown}, which this run does not switch on "
+                f"(active: {sorted(components)}). Resume with the same trick flags as the run that saved it."
+            )
+        # A component with no saved state (switched on after the checkpoint was written) keeps its fresh state.
+        for name, component_state in state.items():
+            components[name].load_state_dict(component_state)
+
+
+def _zero_unscorable(rollout: Rollout, ctx: TrickContext) -> Rollout:
+    if rollout.advantages is None:
+        return rollout
+    unscorable = torch.isnan(rollout.rewards)
+    ctx.log("tricks/unscorable_fraction", float(unscorable.float().mean()) if unscorable.numel() else 0.0)
+    changes: dict[str, Tensor] = {"advantages": torch.nan_to_num(rollout.advantages, nan=0.0)}
+    if rollout.returns is not None:
+        changes["returns"] = torch.nan_to_num(rollout.returns, nan=0.0)
+    return rollout.replace(**changes)

@@ -1,0 +1,83 @@
+"""Advantage transforms (stage 4): global whitening and clipping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..functional import masked_whiten
+from ..hookspecs import hookimpl
+from ..types import Rollout, Stage, Trick, TrickContext
+
+
+def _advantage_mask(rollout: Rollout) -> torch.Tensor | None:
+    """Token mask for (B, T) advantages; sequence-level (B,) advantages use every row (NaN rows are skipped)."""
+    advantages = rollout.advantages
+    if advantages.dim() == 2 and rollout.completion_mask is not None:
+        return rollout.completion_mask
+    return None
+
+
+class AdvantageWhitening(Trick):
+    """(A - μ)/σ over all active tokens of all processes (REINFORCE++ global advantage normalization, v9 Eq. 5)."""
+
+    name = "advantage_whiten"
+    stage = Stage.ADVANTAGE_TRANSFORM
+    flag = "whiten_advantages"
+    summary = "Whiten advantages with mean and std over all active tokens of all processes (optionally only centre)."
+    source = "Hu 2025, REINFORCE++ Eq. 8 (v1) / Eq. 5 (v9); Zheng et al. 2023 Eq. 19"
+
+    def __init__(self, args: Any = None, center_only: bool = False) -> None:
+        super().__init__(args)
+        self.center_only = center_only
+
+    @classmethod
+    def from_args(cls, args: Any, registry: Any = None, **kwargs: Any) -> Trick | None:
+        return cls(args, center_only=args.whiten_advantages_center_only) if args.whiten_advantages else None
+
+    def apply(self, rollout: Rollout, ctx: TrickContext) -> Rollout:
+        if rollout.advantages is None:
+            raise ValueError("whiten_advantages needs advantages, but no advantage estimator produced any")
+        mask = _advantage_mask(rollout)
+        whitened = masked_whiten(
+            rollout.advantages, mask, center=True, scale=not self.center_only, reduce_fn=ctx.distributed_reduce
+        )
+        # Unscorable (NaN) rows stay NaN so that the pipeline zeroes them afterwards, as TRL does.
+        whitened = torch.where(torch.isnan(rollout.advantages), rollout.advantages, whitened)
+        return rollout.replace(advantages=whitened)
+
+
+class AdvantageClipping(Trick):
+    """Clip advantages to ±c (PPO-max, Zheng et al. 2023 Eq. 19; c = 0.12 acts like reward clipping)."""
+
+    name = "advantage_clip"
+    stage = Stage.ADVANTAGE_TRANSFORM
+    flag = "advantage_clip"
+    summary = "Clip advantages to [-c, c]."
+    source = "Zheng et al. 2023, Secrets of RLHF Part I, §5.3 Eq. 19"
+
+    def __init__(self, args: Any = None, bound: float = 0.12) -> None:
+        super().__init__(args)
+        self.bound = bound
+
+    @classmethod
+    def from_args(cls, args: Any, registry: Any = None, **kwargs: Any) -> Trick | None:
+        return None if args.advantage_clip is None else cls(args, bound=args.advantage_clip)
+
+    def apply(self, rollout: Rollout, ctx: TrickContext) -> Rollout:
+        if rollout.advantages is None:
+            raise ValueError("advantage_clip needs advantages, but no advantage estimator produced any")
+        advantages = rollout.advantages
+        mask = _advantage_mask(rollout)
+        active = ~torch.isnan(advantages) if mask is None else (mask.bool() & ~torch.isnan(advantages))
+        clipped = (advantages.abs() > self.bound) & active
+        totals = ctx.reduce_sum(torch.stack([clipped.sum(), active.sum()]).to(torch.float32))
+        ctx.log("clip_fraction", float(totals[0] / totals[1].clamp(min=1.0)))
+        return rollout.replace(advantages=advantages.clamp(-self.bound, self.bound))
+
+
+@hookimpl
+def trl_basics_register_tricks(register):
+    register(AdvantageWhitening)
+    register(AdvantageClipping)
