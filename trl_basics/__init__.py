@@ -5,6 +5,8 @@ from .config import TrickArguments, validate_trick_arguments
 from .hookspecs import hookimpl, hookspec
 from .pipeline import TrickPipeline
 from .plugins import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, Registry, get_plugin_manager
+from .reinforce_pp import ReinforcePlusPlusConfig, ReinforcePlusPlusTrainer
+from .rloo import ReinforceWithBaselineConfig, ReinforceWithBaselineTrainer, RLOOConfig, RLOOTrainer
 from .types import AdvantageEstimator, LossInputs, Rollout, Stage, Trick, TrickContext
 
 __version__ = "0.1.0"
@@ -14,6 +16,12 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "AdvantageEstimator",
     "LossInputs",
+    "RLOOConfig",
+    "RLOOTrainer",
+    "ReinforcePlusPlusConfig",
+    "ReinforcePlusPlusTrainer",
+    "ReinforceWithBaselineConfig",
+    "ReinforceWithBaselineTrainer",
     "Registry",
     "Rollout",
     "Stage",

@@ -19,7 +19,9 @@ def as_bool_mask(mask: Tensor | None, like: Tensor) -> Tensor:
         try:
             mask = mask.expand(like.shape)
         except RuntimeError as err:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not match tensor of shape {tuple(like.shape)}") from err
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not match tensor of shape {tuple(like.shape)}"
+            ) from err
     return mask
 
 

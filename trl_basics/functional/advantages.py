@@ -134,7 +134,9 @@ def rloo_advantages(rewards: Tensor, num_generations: int) -> Tensor:
     A_i = k/(k-1) · (R_i - mean_group(R)).
     """
     if num_generations < 2:
-        raise ValueError(f"rloo_advantages: num_generations must be >= 2 for a leave-one-out baseline, got {num_generations}")
+        raise ValueError(
+            f"rloo_advantages: num_generations must be >= 2 for a leave-one-out baseline, got {num_generations}"
+        )
     grouped = _group(rewards, num_generations, "rloo_advantages")
     scorable = (~torch.isnan(grouped)).sum(dim=1, keepdim=True)
     baselines = (torch.nansum(grouped, dim=1, keepdim=True) - grouped) / (scorable - 1)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from ._utils import ReduceFn, accumulation_dtype, all_reduce_sum, as_bool_mask
+from ._utils import ReduceFn, accumulation_dtype, all_reduce_sum, as_bool_mask, float_dtype, work_dtype
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -147,6 +147,7 @@ def kl_loss(kl: Tensor, mask: Tensor, coef: float, reduce_fn: ReduceFn | None = 
     by the number of processes to obtain the gradient of the global mean. N_global is clamped to at least 1.
     """
     active = as_bool_mask(mask, kl)
-    local_sum = torch.where(active, kl, 0.0).sum()
+    wd = work_dtype(kl)
+    local_sum = torch.where(active, kl.to(wd), 0.0).sum()
     global_count = all_reduce_sum(active.sum().to(accumulation_dtype(kl.device)).reshape(1), reduce_fn)[0]
-    return coef * local_sum / global_count.clamp(min=1.0).to(local_sum.dtype)
+    return (coef * local_sum / global_count.clamp(min=1.0).to(wd)).to(float_dtype(kl))

@@ -70,7 +70,8 @@ def clipped_policy_loss(
         advantages = advantages.unsqueeze(-1)
     elif advantages.shape != logprobs.shape:
         raise ValueError(
-            f"advantages must be (B,) or (B, T) matching logprobs {tuple(logprobs.shape)}, got {tuple(advantages.shape)}"
+            f"advantages must be (B,) or (B, T) matching logprobs {tuple(logprobs.shape)}, "
+            f"got {tuple(advantages.shape)}"
         )
     wd = work_dtype(logprobs)
     # Zero masked log-ratios and advantages first, so garbage there can neither overflow exp() nor produce NaN.

@@ -155,9 +155,7 @@ def explained_variance(
     acc = accumulation_dtype(values.device)
     r = torch.where(active, returns.to(acc), 0.0)
     residual = torch.where(active, returns.to(acc) - values.to(acc), 0.0)
-    packed = torch.stack(
-        [active.sum().to(acc), residual.sum(), residual.square().sum(), r.sum(), r.square().sum()]
-    )
+    packed = torch.stack([active.sum().to(acc), residual.sum(), residual.square().sum(), r.sum(), r.square().sum()])
     count, res_sum, res_sq, r_sum, r_sq = all_reduce_sum(packed, reduce_fn).unbind()
     _, var_residual = _moments_from_sums(count, res_sum, res_sq, ddof=0)
     _, var_returns = _moments_from_sums(count, r_sum, r_sq, ddof=0)
@@ -182,7 +180,9 @@ class RunningMoments:
         self._m2 = 0.0  # Σ (x - μ)² over everything seen
 
     @torch.no_grad()
-    def update(self, x: Tensor, mask: Tensor | None = None, reduce_fn: ReduceFn | None = None) -> tuple[Tensor, Tensor]:
+    def update(
+        self, x: Tensor, mask: Tensor | None = None, reduce_fn: ReduceFn | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Merge the global batch ``x`` (active, non-NaN entries) into the running moments.
 
         Returns:

@@ -24,6 +24,7 @@ __all__ = [
     "EOS_TOKEN",
     "PAD_TOKEN",
     "ROLE_TOKENS",
+    "SPECIAL_TOKENS",
     "UNK_TOKEN",
     "build_tokenizer",
 ]
@@ -36,18 +37,16 @@ EOS_TOKEN = "<eos>"
 ROLE_TOKENS: tuple[str, ...] = ("<|system|>", "<|user|>", "<|assistant|>")
 """Special tokens that open a chat turn (one per role)."""
 
-_SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN, *ROLE_TOKENS)
+SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN, *ROLE_TOKENS)
+"""All special tokens, in id order (ids 0 to 6)."""
 
 DEFAULT_VOCAB: tuple[str, ...] = (
     *string.ascii_lowercase,
     *string.digits,
     "say",
     "count",
-    "copy",
     "letters",
     "digits",
-    "the",
-    "is",
     ":",
     ",",
     ".",
@@ -92,7 +91,7 @@ def build_tokenizer(vocab: Sequence[str] | None = None) -> PreTrainedTokenizerFa
     """
     words = DEFAULT_VOCAB if vocab is None else tuple(vocab)
     ordered: dict[str, int] = {}
-    for token in (*_SPECIAL_TOKENS, *words):
+    for token in (*SPECIAL_TOKENS, *words):
         if not isinstance(token, str) or not token:
             raise ValueError(f"Vocabulary entries must be non-empty strings, got {token!r}.")
         if token not in ordered:
@@ -105,7 +104,7 @@ def build_tokenizer(vocab: Sequence[str] | None = None) -> PreTrainedTokenizerFa
     )
     # A WordPiece decoder without continuation pieces joins tokens with single spaces.
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    backend.add_special_tokens(list(_SPECIAL_TOKENS))
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
 
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,

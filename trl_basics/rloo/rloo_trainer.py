@@ -1,0 +1,215 @@
+"""RLOO (Ahmadian et al. 2024, "Back to Basics") and REINFORCE with a moving-average baseline, on TRL's RLOOTrainer.
+
+``RLOOTrainer`` changes nothing in TRL's RLOO until a trick flag is set. Then the advantages of every generation
+round come from the trick pipeline (reward transforms → KL → leave-one-out → advantage transforms), computed from the
+gathered rewards and the log-probs TRL already computed. With per-token KL in the reward the advantages become
+token-level and the loss switches to a token-level clipped objective; otherwise TRL's sequence-level loss is used.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import trl
+
+from ..functional import clipped_policy_loss
+from ..trainer_mixin import TrickTrainerMixin, coerce_config, parent_beta, single_generation_allowed
+from .rloo_config import RLOOConfig
+
+# Keyword inputs TRL forwards to the model for multimodal batches; passed through unchanged.
+_FORWARD_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+def _bind_trainer_arguments(parent_init, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The parent constructor's arguments by name, so ``args`` can be replaced whether passed by position or not."""
+    bound = inspect.signature(parent_init).bind(None, *args, **kwargs)
+    arguments = dict(bound.arguments)
+    arguments.pop(next(iter(arguments)))  # `self`
+    return arguments
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, str):
+        return model.rstrip("/").split("/")[-1]
+    return getattr(getattr(model, "config", None), "_name_or_path", "model").rstrip("/").split("/")[-1]
+
+
+class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
+    """``trl.RLOOTrainer`` with the trl_basics trick pipeline.
+
+    Accepts a ``trl_basics.RLOOConfig`` or a plain ``trl.RLOOConfig``; the constructor also takes
+    ``plugin_manager`` (default: a fresh one from ``trl_basics.get_plugin_manager()``).
+    """
+
+    _tag_names = ["trl", "rloo", "trl_basics"]
+    _name = "RLOO (trl_basics)"
+    _paper = {
+        "title": "Back to Basics: Revisiting REINFORCE-Style Optimization for Learning from Human Feedback in LLMs",
+        "id": "2402.14740",
+    }
+    config_class = RLOOConfig
+    default_advantage_estimator = "rloo"
+    always_active = False  # True for trainers whose estimator differs from TRL's
+
+    def __init__(self, *args: Any, plugin_manager: Any = None, **kwargs: Any) -> None:
+        arguments = _bind_trainer_arguments(trl.RLOOTrainer.__init__, args, kwargs)
+        config = arguments.get("args")
+        if config is None:
+            config = self.config_class(output_dir=f"{_model_name(arguments['model'])}-{type(self).__name__}")
+        config = coerce_config(config, self.config_class, trl.RLOOConfig)
+        arguments["args"] = config
+        self._plugin_manager = plugin_manager
+        needs_ref = config.kl_coef is not None and config.kl_coef > 0
+        # TRL loads a reference model only for beta != 0; KL shaping with beta=0 still needs one.
+        with parent_beta(config, 1.0 if needs_ref and config.beta == 0.0 else config.beta):
+            super().__init__(**arguments)
+        self.beta = config.beta
+        self._setup_tricks(plugin_manager)
+
+    # --- pipeline configuration -----------------------------------------------------------------------------------
+
+    def _setup_tricks(self, plugin_manager: Any = None) -> None:
+        super()._setup_tricks(plugin_manager)
+        from ..pipeline import TrickPipeline
+
+        user_flags_on = bool(TrickPipeline.from_args(self.args, self.trick_registry)) or bool(
+            self.args.advantage_estimator
+        )
+        if not (user_flags_on or self.always_active):
+            self.trick_pipeline = TrickPipeline()  # parity: TRL's own advantages
+            self._kl_shaping = None
+        if self.trick_pipeline and self.args.num_generations < 2 and self.trick_pipeline.estimator.name == "rloo":
+            raise ValueError("RLOO needs num_generations >= 2 for the leave-one-out baseline")
+
+    def _pipeline_args(self) -> Any:
+        """The user's flags, with TRL's RLOO knobs that do the same job carried over into the pipeline."""
+        from types import SimpleNamespace
+
+        from ..trainer_mixin import trick_field_names
+
+        args = SimpleNamespace(**{name: getattr(self.args, name) for name in trick_field_names()})
+        if args.kl_coef is None and self.args.beta != 0.0:
+            # TRL's beta: k1 summed over the sequence, subtracted from the reward (Back to Basics Eq. 3).
+            args.kl_coef, args.kl_estimator, args.kl_placement = self.args.beta, "k1", "sequence_reward"
+        if self.args.normalize_advantages:
+            args.whiten_advantages = True
+        return args
+
+    # --- generation round -----------------------------------------------------------------------------------------
+
+    def _rollout_rewards(self) -> torch.Tensor:
+        rewards = self._scalar_rewards()
+        if self.reward_clip_range:
+            rewards = rewards.clamp(min=self.reward_clip_range[0], max=self.reward_clip_range[1])
+        return rewards
+
+    def _rollout_logprobs(self, out: dict, recorded: list):
+        # TRL's RLOO computes the sampling policy's per-token log-probs first, then the reference's if beta != 0
+        # (which `_generation_beta` ensures whenever KL shaping is on).
+        expected = 2 if (self.beta != 0.0 or self._kl_shaping is not None) else 1
+        if len(recorded) != expected:
+            raise RuntimeError(
+                f"expected {expected} log-prob passes during RLOO generation, saw {len(recorded)}; this TRL version "
+                "is not supported by trl_basics (see the pinned range in pyproject.toml)"
+            )
+        logprobs = recorded[0][0]
+        ref_logprobs = recorded[1][0] if expected == 2 else None
+        return logprobs, ref_logprobs
+
+    def _store_rollout_extras(self, out: dict, rollout) -> None:
+        if rollout.advantages.dim() == 2:
+            out["old_per_token_logps"] = rollout.logprobs
+        if self._kl_shaping is not None and self._kl_shaping.placement == "loss":
+            out["ref_per_token_logps"] = rollout.ref_logprobs
+
+    # --- update -----------------------------------------------------------------------------------------------------
+
+    def _policy_loss(self, model, inputs):
+        if inputs["advantages"].dim() == 1:
+            return super()._policy_loss(model, inputs)  # TRL's sequence-level clipped loss
+        return self._token_level_loss(model, inputs)
+
+    def _token_level_loss(self, model, inputs):
+        """Clipped surrogate per token with token-level advantages (per-token KL in the reward).
+
+        Summed over a completion's tokens and averaged over completions, so that with β = 0 (all tokens sharing one
+        advantage) and ratio 1 the gradient equals the sequence-level RLOO gradient A·Σ_t ∇log π(a_t).
+        """
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([prompt_mask, completion_mask], dim=1),
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            **{key: inputs.get(key) for key in _FORWARD_KEYS},
+        )
+        mask = completion_mask.to(per_token_logps.dtype)
+        per_token_loss, clipped = clipped_policy_loss(
+            per_token_logps,
+            inputs["old_per_token_logps"],
+            inputs["advantages"],
+            mask,
+            epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high,
+        )
+        loss = (per_token_loss * mask).sum(dim=1).mean()
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss
+        mode = "train" if self.model.training else "eval"
+        stats = self.accelerator.reduce(
+            torch.stack([(clipped.float() * mask).sum(), (entropies * mask).sum(), mask.sum()]), reduction="sum"
+        )
+        count = stats[2].clamp(min=1.0)
+        self._metrics[mode]["clip_ratio/region_mean"].append((stats[0] / count).item())
+        self._metrics[mode]["entropy"].append((stats[1] / count).item())
+        return loss
+
+
+@dataclass
+class ReinforceWithBaselineConfig(RLOOConfig):
+    r"""
+    Config of REINFORCE with a moving-average baseline (Back to Basics, "REINFORCE w/ baseline", Eqs. 7-8).
+
+    Same fields as ``trl_basics.RLOOConfig``; the advantage estimator defaults to `"moving_average"`: A = R - b_MA,
+    with b_MA the mean of all earlier training rewards (or an EMA with `baseline_decay`).
+    """
+
+    advantage_estimator: str | None = field(
+        default="moving_average",
+        metadata={"help": "Advantage estimator; 'moving_average' is REINFORCE with a moving-average baseline."},
+    )
+
+    def __post_init__(self) -> None:
+        # One sample per prompt is enough for a moving-average baseline; TRL's RLOOConfig insists on 2.
+        with single_generation_allowed(self):
+            super().__post_init__()
+
+
+class ReinforceWithBaselineTrainer(RLOOTrainer):
+    """REINFORCE with a moving-average baseline: ``RLOOTrainer`` with the ``moving_average`` estimator.
+
+    The baseline is built from earlier batches only and is saved with every checkpoint.
+    """
+
+    _tag_names = ["trl", "reinforce", "trl_basics"]
+    _name = "REINFORCE with moving-average baseline (trl_basics)"
+    config_class = ReinforceWithBaselineConfig
+    default_advantage_estimator = "moving_average"
+    always_active = True

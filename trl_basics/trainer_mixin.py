@@ -1,0 +1,294 @@
+"""What every trl_basics trainer adds to its TRL parent: the trick pipeline, hooked in at TRL's stable seams.
+
+The mixin never copies TRL's generation or loss code. It
+- records the gathered reward tensor in ``_calculate_rewards`` and the log-probs TRL computes anyway in
+  ``_get_per_token_logps_and_entropies`` (passively: the parent's outputs are returned unchanged);
+- post-processes ``_generate_and_score_completions``: builds a :class:`~trl_basics.Rollout` from the parent's output,
+  runs the pipeline, and writes this process's advantages back;
+- wraps ``_compute_loss`` to add the loss-stage terms and log perplexity;
+- saves and restores the pipeline's state next to every checkpoint.
+
+With no trick flag set the pipeline is empty and the parent's advantages are left exactly as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from accelerate.utils import gather
+
+from .config import TrickArguments
+from .pipeline import TrickPipeline
+from .plugins import Registry, get_plugin_manager
+from .types import LossInputs, Rollout, TrickContext
+
+TRICK_STATE_FILE = "trl_basics_tricks.json"
+
+
+def coerce_config(args: Any, config_cls: type, parent_cls: type) -> Any:
+    """Turn a plain TRL parent config (e.g. ``trl.GRPOConfig``) into ``config_cls``, keeping what the user set.
+
+    Fields the user left at the parent's default take ``config_cls``'s default, so our presets apply; fields the
+    user changed keep their value. Fields derived in ``__post_init__`` are recomputed.
+    """
+    if isinstance(args, config_cls):
+        return args
+    if not isinstance(args, parent_cls):
+        raise TypeError(f"args must be a {config_cls.__name__} or a {parent_cls.__name__}, got {type(args).__name__}")
+    changed = {}
+    for f in dataclasses.fields(parent_cls):
+        if not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        value = getattr(args, f.name)
+        if default is dataclasses.MISSING or value != default:
+            changed[f.name] = value
+    # Derived from steps_per_generation in the parent's __post_init__; passing both is an error there.
+    changed.pop("generation_batch_size", None)
+    return config_cls(**changed)
+
+
+@contextmanager
+def parent_beta(args: Any, value: float):
+    """Let the parent's ``__init__`` see ``beta=value`` (so it loads a reference model), then restore ``args``."""
+    saved = args.beta
+    args.beta = value
+    try:
+        yield
+    finally:
+        args.beta = saved
+
+
+@contextmanager
+def single_generation_allowed(config: Any):
+    """Run the parent config's ``__post_init__`` with ``num_generations=1`` let through.
+
+    TRL's configs refuse fewer than 2 generations because their own advantages need a group; estimators with a
+    baseline that does not come from the group (moving average, returns, GAE) work with one sample per prompt.
+    """
+    requested = config.num_generations
+    if requested == 1:
+        config.num_generations = 2
+    try:
+        yield
+    finally:
+        if requested == 1:
+            config.num_generations = 1
+
+
+class TrickTrainerMixin:
+    """Runs the trick pipeline inside a TRL ``RLOOTrainer`` or ``GRPOTrainer`` subclass."""
+
+    default_advantage_estimator: ClassVar[str | None] = None
+    _logps_record: list | None = None
+    _rewards_per_func: torch.Tensor | None = None
+
+    # --- set-up -------------------------------------------------------------------------------------------------
+
+    def _setup_tricks(self, plugin_manager: Any = None) -> None:
+        pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
+        self.trick_registry = Registry.from_plugin_manager(pm)
+        self.trick_pipeline = TrickPipeline.from_args(
+            self._pipeline_args(), self.trick_registry, default_estimator=self._default_estimator()
+        )
+        # KL shaping needs reference log-probs, which the parent computes only when its beta is non-zero.
+        self._kl_shaping = next((t for t in self.trick_pipeline.tricks if t.name == "kl_shaping"), None)
+
+    def _pipeline_args(self) -> Any:
+        """The trick flags the pipeline is built from (subclasses translate parent knobs here)."""
+        return self.args
+
+    def _default_estimator(self) -> str | None:
+        return self.default_advantage_estimator
+
+    @property
+    def tricks_active(self) -> bool:
+        return bool(self.trick_pipeline)
+
+    def _trick_context(self) -> TrickContext:
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        return TrickContext.from_accelerator(
+            self.accelerator, global_step=self.state.global_step, log=lambda name, value: metrics[name].append(value)
+        )
+
+    # --- passive recording at TRL's seams -----------------------------------------------------------------------
+
+    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any):
+        out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if self._logps_record is not None:
+            self._logps_record.append(out)
+        return out
+
+    @contextmanager
+    def _recording_logps(self):
+        self._logps_record = []
+        try:
+            yield self._logps_record
+        finally:
+            self._logps_record = None
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _scalar_rewards(self) -> torch.Tensor:
+        """The gathered scalar reward per completion, exactly as TRL forms it: weighted nansum, NaN if unscorable."""
+        rewards_per_func = self._rewards_per_func
+        unscorable = torch.isnan(rewards_per_func).all(dim=1)
+        rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+        rewards[unscorable] = torch.nan
+        return rewards
+
+    # --- generation round ---------------------------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs):
+        if not self.tricks_active or not self.model.training:
+            # No trick: the parent's advantages stand unchanged. In evaluation the pipeline is not stepped, so
+            # running statistics and baselines only ever see training rewards.
+            return super()._generate_and_score_completions(inputs)
+        with self._generation_beta(), self._recording_logps() as recorded:
+            out = super()._generate_and_score_completions(inputs)
+        rollout = self._build_rollout(out, recorded)
+        ctx = self._trick_context()
+        raw_rewards = rollout.rewards
+        rollout = self.trick_pipeline.process(rollout, ctx)
+        out["advantages"] = rollout.advantages.to(out["completion_ids"].device, torch.float32)
+        self._store_rollout_extras(out, rollout)
+        self._log_rollout(rollout, raw_rewards, ctx)
+        return out
+
+    @contextmanager
+    def _generation_beta(self):
+        """Hold the parent's ``beta`` non-zero during generation when KL shaping needs reference log-probs."""
+        if self._kl_shaping is None or self.beta != 0.0:
+            yield
+            return
+        self.beta = 1.0  # any non-zero value: the parent only tests beta != 0 before computing ref log-probs
+        try:
+            yield
+        finally:
+            self.beta = 0.0
+
+    def _build_rollout(self, out: dict, recorded: list) -> Rollout:
+        completion_mask = out["completion_mask"]
+        if "tool_mask" in out:
+            completion_mask = completion_mask * out["tool_mask"]
+        local_rows = out["completion_ids"].size(0)
+        rank = self.accelerator.process_index
+        logprobs, ref_logprobs = self._rollout_logprobs(out, recorded)
+        return Rollout(
+            rewards=self._rollout_rewards(),
+            num_generations=self.num_generations,
+            process_slice=slice(rank * local_rows, (rank + 1) * local_rows),
+            completion_mask=completion_mask,
+            completion_lengths=gather(completion_mask.sum(dim=1)),
+            logprobs=logprobs,
+            ref_logprobs=ref_logprobs,
+        )
+
+    def _rollout_rewards(self) -> torch.Tensor:
+        return self._scalar_rewards()
+
+    def _rollout_logprobs(self, out: dict, recorded: list) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def _store_rollout_extras(self, out: dict, rollout: Rollout) -> None:
+        """Add per-sample tensors the loss needs; TRL shuffles and splits every tensor in ``out`` consistently."""
+
+    def _log_rollout(self, rollout: Rollout, raw_rewards: torch.Tensor, ctx: TrickContext) -> None:
+        scorable = ~torch.isnan(raw_rewards)
+        ctx.log("reward_raw/mean", float(raw_rewards[scorable].mean()) if scorable.any() else float("nan"))
+        transformed = rollout.rewards[~torch.isnan(rollout.rewards)]
+        if transformed.numel():
+            ctx.log("reward_transformed/mean", float(transformed.mean()))
+            ctx.log("reward_transformed/std", float(transformed.std()) if transformed.numel() > 1 else 0.0)
+        self._log_distribution(ctx, "advantages", rollout.advantages, rollout.completion_mask)
+        if rollout.returns is not None:
+            self._log_distribution(ctx, "returns", rollout.returns, rollout.completion_mask)
+
+    def _log_distribution(self, ctx: TrickContext, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+        """Global mean/std/min/max of a (B,) or (B, T) tensor over active entries, in one reduce and one gather."""
+        active = mask.bool() if values.dim() == 2 else mask.bool().any(dim=1)
+        values = values.float()
+        picked = values[active]
+        totals = ctx.reduce_sum(
+            torch.stack([picked.sum(), (picked * picked).sum(), torch.tensor(float(picked.numel()), device=values.device)])
+        )
+        count = totals[2].clamp(min=1.0)
+        mean = totals[0] / count
+        var = (totals[1] / count - mean * mean).clamp(min=0.0)
+        big = torch.finfo(values.dtype).max
+        extremes = ctx.gather(
+            torch.stack([picked.min() if picked.numel() else values.new_tensor(big),
+                         -(picked.max() if picked.numel() else values.new_tensor(-big))]).unsqueeze(0)
+        )  # fmt: skip
+        ctx.log(f"{name}/mean", float(mean))
+        ctx.log(f"{name}/std", float(var.sqrt()))
+        ctx.log(f"{name}/min", float(extremes[:, 0].min()))
+        ctx.log(f"{name}/max", float(-extremes[:, 1].min()))
+
+    # --- update ---------------------------------------------------------------------------------------------------
+
+    def _compute_loss(self, model, inputs):
+        with self._recording_logps() as recorded:
+            loss = self._policy_loss(model, inputs)
+        per_token_logps, entropies = recorded[0][0], recorded[0][1]
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        ctx = self._trick_context()
+        with torch.no_grad():
+            # Perplexity of the sampled completions under the current policy: exp(-mean log-prob per token).
+            stats = ctx.reduce_sum(torch.stack([(per_token_logps * mask).sum(), mask.sum().float()]))
+            ctx.log("perplexity", float(torch.exp(-stats[0] / stats[1].clamp(min=1.0))))
+        extra = self.trick_pipeline.loss(
+            LossInputs(
+                logprobs=per_token_logps,
+                completion_mask=mask,
+                ref_logprobs=inputs.get("ref_per_token_logps"),
+                old_logprobs=inputs.get("old_per_token_logps"),
+                entropies=entropies,
+            ),
+            ctx,
+        )
+        if extra is not None:
+            if self.loss_is_scaled_for_ga and self.model.training:
+                extra = extra / self.current_gradient_accumulation_steps  # the parent scales its own loss the same way
+            loss = loss + extra
+        return loss
+
+    def _policy_loss(self, model, inputs):
+        return super()._compute_loss(model, inputs)
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        state = self.trick_pipeline.state_dict()
+        if state and self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with open(os.path.join(folder, TRICK_STATE_FILE), "w") as f:
+                json.dump(state, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            path = os.path.join(checkpoint, TRICK_STATE_FILE)
+            if os.path.exists(path):
+                with open(path) as f:
+                    self.trick_pipeline.load_state_dict(json.load(f))
+
+
+def trick_field_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrickArguments)}
