@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ def run_in_lockstep(fn: Callable[[Any, Callable[[Tensor], Tensor]], Any], shards
     barrier = threading.Barrier(world)
     slots: list[Tensor | None] = [None] * world
     results: list[Any] = [None] * world
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
 
     def make_reduce_fn(rank: int) -> Callable[[Tensor], Tensor]:
         def reduce_fn(t: Tensor) -> Tensor:
@@ -38,7 +39,7 @@ def run_in_lockstep(fn: Callable[[Any, Callable[[Tensor], Tensor]], Any], shards
     def worker(rank: int) -> None:
         try:
             results[rank] = fn(shards[rank], make_reduce_fn(rank))
-        except BaseException as err:  # surface the error in the main thread
+        except Exception as err:  # noqa: BLE001 - re-raised in the main thread below
             errors.append(err)
             barrier.abort()
 
@@ -55,7 +56,7 @@ def run_in_lockstep(fn: Callable[[Any, Callable[[Tensor], Tensor]], Any], shards
 def split_rows(cuts: Sequence[int], *tensors: Tensor) -> list[tuple[Tensor, ...]]:
     """Split every tensor along dim 0 at the sorted positions ``cuts`` (empty shards allowed)."""
     bounds = [0, *sorted(cuts), tensors[0].shape[0]]
-    return [tuple(t[lo:hi] for t in tensors) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [tuple(t[lo:hi] for t in tensors) for lo, hi in itertools.pairwise(bounds)]
 
 
 def random_batch(
