@@ -24,9 +24,9 @@ class ExampleArguments:
     num_prompts: int = field(default=2048, metadata={"help": "Prompts in the synthetic training set."})
 
 
-def example_defaults(task: str = "token_kind") -> dict:
+def example_defaults(task: str = "token_kind", exclude: tuple[str, ...] = ()) -> dict:
     """TRL config values under which the tiny model learns the task in a few CPU minutes."""
-    return recommended_rl_kwargs(task)
+    return {key: value for key, value in recommended_rl_kwargs(task).items() if key not in exclude}
 
 
 def prepare(example: ExampleArguments, output_dir: str):

@@ -14,7 +14,8 @@ from _common import ExampleArguments, example_defaults, prepare, report
 
 def main() -> None:
     parser = TrlParser((ExampleArguments, GRPOConfig))
-    parser.set_defaults(output_dir="trl-basics-output/reinforce_pp", **example_defaults())
+    # REINFORCE++ owns the KL (kl_coef, in the reward); GRPO's beta stays 0.
+    parser.set_defaults(output_dir="trl-basics-output/reinforce_pp", **example_defaults(exclude=("beta",)))
     example, training_args = parser.parse_args_and_config()
     model, task, dataset = prepare(example, training_args.output_dir)
     trainer = GRPOTrainer(model=model, reward_funcs=task.reward_func, args=training_args, train_dataset=dataset)
