@@ -1,0 +1,60 @@
+"""The `trl-basics` command: `train`, `demo`, `compare`, `ablate` and `plugins`.
+
+Subcommand dispatch is a plain argument parser, as in TRL's own `trl` command; every subcommand parses its flags
+(and an optional `--config` YAML file) with TRL's `TrlParser`, so every config field is a flag with its help text.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: trl-basics COMMAND [ARGS]
+
+commands:
+  demo                 the whole RLHF pipeline on the built-in tiny model and task (SFT, reward model, RL with
+                       RLOO, REINFORCE++, REINFORCE++-baseline, PPO-max and TRL's GRPO); writes a report with plots
+  train ALGO           train one algorithm: {algorithms}
+  compare              run several algorithms side by side on one task and seed; writes a table and plots
+  ablate ALGO          switch each trick of ALGO off in turn; writes a table and plots
+  plugins              list the installed tricks, advantage estimators and KL estimators
+
+Run `trl-basics COMMAND --help` for the flags of a command.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .algorithms import ALGORITHMS
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = USAGE.format(algorithms=", ".join(ALGORITHMS))
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            if not rest or rest[0].startswith("-"):
+                print(f"trl-basics train: name an algorithm first: {', '.join(ALGORITHMS)}", file=sys.stderr)
+                return 2
+            from .train import run
+
+            return run(rest[0], rest[1:])
+        if command in ("demo", "compare", "ablate"):
+            from . import experiments
+
+            return getattr(experiments, f"run_{command}")(rest)
+        if command == "plugins":
+            from ..plugins import Registry, describe
+
+            for kind, name, origin in describe(Registry.from_plugin_manager()):
+                print(f"{kind:20} {name:20} {origin}")
+            return 0
+    except ValueError as err:  # bad input: say what and how to fix it, without a traceback
+        print(f"trl-basics {command}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"trl-basics: unknown command {command!r}\n\n{usage}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
