@@ -5,6 +5,7 @@ from .config import TrickArguments, validate_trick_arguments
 from .hookspecs import hookimpl, hookspec
 from .pipeline import TrickPipeline
 from .plugins import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, Registry, get_plugin_manager
+from .ppo_max import CollapseAlarmCallback, PPOMaxConfig, PPOMaxTrainer
 from .reinforce_pp import ReinforcePlusPlusConfig, ReinforcePlusPlusTrainer
 from .rloo import ReinforceWithBaselineConfig, ReinforceWithBaselineTrainer, RLOOConfig, RLOOTrainer
 from .types import AdvantageEstimator, LossInputs, Rollout, Stage, Trick, TrickContext
@@ -15,7 +16,10 @@ __all__ = [
     "DISABLE_AUTOLOAD_ENV",
     "ENTRY_POINT_GROUP",
     "AdvantageEstimator",
+    "CollapseAlarmCallback",
     "LossInputs",
+    "PPOMaxConfig",
+    "PPOMaxTrainer",
     "RLOOConfig",
     "RLOOTrainer",
     "ReinforcePlusPlusConfig",

@@ -211,6 +211,13 @@ class TrickTrainerMixin:
         if transformed.numel():
             ctx.log("reward_transformed/mean", float(transformed.mean()))
             ctx.log("reward_transformed/std", float(transformed.std()) if transformed.numel() > 1 else 0.0)
+        if rollout.ref_logprobs is not None and rollout.logprobs is not None:
+            # KL of the sampling policy to the reference, per token (k1), whatever estimator the penalty uses.
+            mask = rollout.completion_mask
+            stats = ctx.reduce_sum(
+                torch.stack([((rollout.logprobs - rollout.ref_logprobs) * mask).sum(), mask.sum().to(torch.float32)])
+            )
+            ctx.log("kl_to_ref/k1_token_mean", float(stats[0] / stats[1].clamp(min=1.0)))
         self._log_distribution(ctx, "advantages", rollout.advantages, rollout.completion_mask)
         if rollout.returns is not None:
             self._log_distribution(ctx, "returns", rollout.returns, rollout.completion_mask)

@@ -83,7 +83,9 @@ def run(algorithm_name: str, argv: list[str]) -> int:
             f"Resume with the same command plus --resume_from_checkpoint "
             f"{config.output_dir}/checkpoint-{trainer.state.global_step}"
         )
+        trainer.save_state()
         return 130
     trainer.save_model(config.output_dir)
+    trainer.save_state()  # trainer_state.json: the full metric history, read by `compare`, `ablate` and `demo`
     print(f"Saved the trained model to {config.output_dir}")
     return 0

@@ -36,6 +36,14 @@ class RLOOConfig(TrickArguments, trl.RLOOConfig):
         },
     )
 
+    def ablation_switches(self) -> dict:
+        switches = super().ablation_switches()
+        if self.kl_coef is None and self.beta != 0.0:
+            switches["kl_beta"] = {"beta": 0.0}  # TRL's own sequence-level KL in the reward
+        if self.normalize_advantages:
+            switches["normalize_advantages"] = {"normalize_advantages": False}
+        return switches
+
     def __post_init__(self) -> None:
         if self.paper_faithful:
             if self.steps_per_generation not in (None, 1) or self.num_iterations != 1:

@@ -1,0 +1,15 @@
+from .callbacks import CollapseAlarmCallback, CollapseSignals
+from .critic import critic_values, load_value_model
+from .ppo_max_config import CODE_SETTINGS, PAPER_SETTINGS, PPOMaxConfig
+from .ppo_max_trainer import PPOMaxTrainer
+
+__all__ = [
+    "CODE_SETTINGS",
+    "PAPER_SETTINGS",
+    "CollapseAlarmCallback",
+    "CollapseSignals",
+    "PPOMaxConfig",
+    "PPOMaxTrainer",
+    "critic_values",
+    "load_value_model",
+]
