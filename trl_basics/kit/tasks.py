@@ -208,7 +208,10 @@ class SyntheticTask(ABC):
     # ---------------------------------------------------------------------------------------------------- datasets
     @staticmethod
     def _as_prompt(text: str, conversational: bool) -> Prompt:
-        return [{"role": "user", "content": text}] if conversational else text
+        # A plain prompt ends with a space: TRL scores RL completions with a reward model on `prompt + completion`,
+        # and a decoded completion has no leading space, so without it "letters" + "a b" would read "lettersa b".
+        # The tokenizer drops the trailing space, so generation sees the same token ids.
+        return [{"role": "user", "content": text}] if conversational else text + " "
 
     @staticmethod
     def _as_completion(words: Sequence[str], conversational: bool) -> str | list[dict[str, str]]:
