@@ -131,11 +131,23 @@ class TrickPipeline:
 
 
 def _zero_unscorable(rollout: Rollout, ctx: TrickContext) -> Rollout:
+    """Advantages (and returns) of unscorable completions become 0; any other non-finite value too, counted."""
     if rollout.advantages is None:
         return rollout
     unscorable = torch.isnan(rollout.rewards)
     ctx.log("tricks/unscorable_fraction", float(unscorable.float().mean()) if unscorable.numel() else 0.0)
-    changes: dict[str, Tensor] = {"advantages": torch.nan_to_num(rollout.advantages, nan=0.0)}
+    local_unscorable = rollout.local(unscorable)
+    if rollout.advantages.dim() == 2:
+        local_unscorable = local_unscorable.unsqueeze(1).expand_as(rollout.advantages)
+    # Non-finite values that do not come from an unscorable reward (e.g. a NaN log-prob) are a fault: count them.
+    faulty = ~torch.isfinite(rollout.advantages) & ~local_unscorable
+    counts = ctx.reduce_sum(torch.stack([faulty.sum(), torch.tensor(faulty.numel(), device=faulty.device)]).float())
+    ctx.log("tricks/nonfinite_advantage_fraction", float(counts[0] / counts[1].clamp(min=1.0)))
+    changes: dict[str, Tensor] = {"advantages": _finite_or_zero(rollout.advantages)}
     if rollout.returns is not None:
-        changes["returns"] = torch.nan_to_num(rollout.returns, nan=0.0)
+        changes["returns"] = _finite_or_zero(rollout.returns)
     return rollout.replace(**changes)
+
+
+def _finite_or_zero(values: Tensor) -> Tensor:
+    return torch.where(torch.isfinite(values), values, torch.zeros_like(values))

@@ -23,6 +23,13 @@ import torch
 from accelerate.utils import gather
 
 from .config import TrickArguments
+from .guards import (
+    GuardedRewardFunction,
+    NonFiniteGradientGuard,
+    check_padding,
+    check_prompt_lengths,
+    guard_reward_functions,
+)
 from .pipeline import TrickPipeline
 from .plugins import Registry, get_plugin_manager
 from .types import LossInputs, Rollout, TrickContext
@@ -100,6 +107,23 @@ class TrickTrainerMixin:
         )
         # KL shaping needs reference log-probs, which the parent computes only when its beta is non-zero.
         self._kl_shaping = next((t for t in self.trick_pipeline.tricks if t.name == "kl_shaping"), None)
+        self._install_guards()
+
+    def _install_guards(self) -> None:
+        """Checked reward functions, skipped non-finite steps, and prompts that fit the context (see guards.py)."""
+        check_padding(self.processing_class)
+        self.reward_funcs = guard_reward_functions(self.reward_funcs)
+        self.gradient_guard = NonFiniteGradientGuard(
+            on_skip=lambda total: self._metrics["train"]["guard/skipped_steps"].append(float(total))
+        )
+        self.add_callback(self.gradient_guard)
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        check_prompt_lengths(
+            self.train_dataset,
+            self.processing_class,
+            getattr(config, "max_position_embeddings", None),
+            self.args.max_completion_length,
+        )
 
     def _pipeline_args(self) -> Any:
         """The trick flags the pipeline is built from (subclasses translate parent knobs here)."""
@@ -138,7 +162,19 @@ class TrickTrainerMixin:
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards_per_func = rewards_per_func
+        self._log_reward_guards()
         return rewards_per_func
+
+    def _log_reward_guards(self) -> None:
+        guarded = [f for f in self.reward_funcs if isinstance(f, GuardedRewardFunction)]
+        if not guarded:
+            return
+        counts = torch.tensor([f.pop_counts() for f in guarded], dtype=torch.float32, device=self.accelerator.device)
+        totals = self.accelerator.reduce(counts, reduction="sum")
+        mode = "train" if self.model.training else "eval"
+        for function, (nonfinite, unscored) in zip(guarded, totals.tolist(), strict=True):
+            self._metrics[mode][f"reward_guard/{function.__name__}/nonfinite"].append(nonfinite)
+            self._metrics[mode][f"reward_guard/{function.__name__}/none"].append(unscored)
 
     def _scalar_rewards(self) -> torch.Tensor:
         """The gathered scalar reward per completion, exactly as TRL forms it: weighted nansum, NaN if unscorable."""

@@ -16,6 +16,7 @@ import torch
 import trl
 
 from ..functional import clipped_policy_loss
+from ..guards import check_reward_sources
 from ..trainer_mixin import TrickTrainerMixin, coerce_config, parent_beta, single_generation_allowed
 from .rloo_config import RLOOConfig
 
@@ -39,6 +40,7 @@ def _bind_trainer_arguments(parent_init, args: tuple, kwargs: dict) -> dict[str,
     bound = inspect.signature(parent_init).bind(None, *args, **kwargs)
     arguments = dict(bound.arguments)
     arguments.pop(next(iter(arguments)))  # `self`
+    check_reward_sources(arguments.get("reward_funcs"))
     return arguments
 
 
