@@ -98,7 +98,7 @@ def train_command(algorithm: str, args: ExperimentArguments, run_dir: Path, extr
         command += ["--reward_model_name_or_path", args.reward_model_name_or_path]
         command += ["--reward_funcs", task_reward, "--reward_weights", "1.0", "0.0"]
         if algorithm == "ppo_max":
-            command += ["--critic_model_name_or_path", args.reward_model_name_or_path]
+            command += ["--critic_model_path", args.reward_model_name_or_path]
     return command + list(extra)
 
 
