@@ -127,7 +127,9 @@ class CollapseAlarmCallback(TrainerCallback):
             previous_kl, kl = previous_and_latest(self.kl_key)
             kl_spike = kl >= self.kl_floor and kl >= self.kl_spike_factor * max(previous_kl, 0.0)
         previous_reward, reward = previous_and_latest(REWARD_KEY)
-        return CollapseSignals(step, bool(length_at_cap), bool(perplexity_to_one), bool(kl_spike), reward > previous_reward)
+        return CollapseSignals(
+            step, bool(length_at_cap), bool(perplexity_to_one), bool(kl_spike), reward > previous_reward
+        )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.mode == "off" or not logs:

@@ -41,6 +41,19 @@ def load_value_model(
     return model
 
 
+def value_model_from_causal_lm(model: PreTrainedModel) -> PreTrainedModel:
+    """A critic built from an in-memory causal LM (one never saved): same config and backbone weights, fresh head."""
+    config = copy.deepcopy(model.config)
+    config.num_labels = 1
+    config.classifier_dropout = 0.0
+    config.token_classification_bias = False
+    critic = AutoModelForTokenClassification.from_config(config, dtype=model.dtype)
+    prefix = critic.base_model_prefix
+    getattr(critic, prefix).load_state_dict(getattr(model, prefix).state_dict())
+    disable_dropout(critic)
+    return critic.to(model.device)
+
+
 def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):

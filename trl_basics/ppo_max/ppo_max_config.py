@@ -139,7 +139,9 @@ class PPOMaxConfig(TrickArguments, trl.GRPOConfig):
     )  # fmt: skip
     critic_max_grad_norm: float | None = field(
         default=None,
-        metadata={"help": "Gradient-norm clip of the critic. None = max_grad_norm (global gradient clipping); 0 = off."},
+        metadata={
+            "help": "Gradient-norm clip of the critic. None = max_grad_norm (global gradient clipping); 0 = off."
+        },
     )
     critic_warmup_steps: int = field(
         default=0,
@@ -197,7 +199,9 @@ class PPOMaxConfig(TrickArguments, trl.GRPOConfig):
     )  # fmt: skip
     scale_rewards: str = field(
         default="none",
-        metadata={"help": "GRPO's reward scaling; must stay 'none' (PPO-max normalizes rewards with running moments)."},
+        metadata={
+            "help": "GRPO's reward scaling; must stay 'none' (PPO-max normalizes rewards with running moments)."
+        },
     )
     learning_rate: float = field(
         default=5e-7, metadata={"help": "Policy learning rate (PPO-max paper and code: 5e-7)."}
@@ -205,7 +209,9 @@ class PPOMaxConfig(TrickArguments, trl.GRPOConfig):
 
     def __post_init__(self) -> None:
         if self.critic_init not in CRITIC_INIT_CHOICES:
-            raise ValueError(f"critic_init={self.critic_init!r} is not a valid choice. Use one of {CRITIC_INIT_CHOICES}")
+            raise ValueError(
+                f"critic_init={self.critic_init!r} is not a valid choice. Use one of {CRITIC_INIT_CHOICES}"
+            )
         if self.collapse_alarm not in COLLAPSE_ALARM_CHOICES:
             raise ValueError(
                 f"collapse_alarm={self.collapse_alarm!r} is not a valid choice. Use one of {COLLAPSE_ALARM_CHOICES}"

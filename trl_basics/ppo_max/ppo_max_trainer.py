@@ -21,11 +21,11 @@ import json
 import logging
 import os
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import trl
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, is_peft_model
 from transformers import PreTrainedModel, TrainerCallback
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
@@ -35,7 +35,13 @@ from ..rloo.rloo_trainer import _FORWARD_KEYS, _bind_trainer_arguments, _model_n
 from ..trainer_mixin import TrickTrainerMixin, coerce_config, parent_beta
 from ..types import Rollout, TrickContext
 from .callbacks import CollapseAlarmCallback
-from .critic import critic_values, disable_dropout, load_value_model, with_trainable_value_head
+from .critic import (
+    critic_values,
+    disable_dropout,
+    load_value_model,
+    value_model_from_causal_lm,
+    with_trainable_value_head,
+)
 from .ppo_max_config import PPOMaxConfig
 
 logger = logging.getLogger(__name__)
@@ -73,9 +79,12 @@ class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
         plugin_manager: The pluggy manager tricks come from (default: a fresh one).
     """
 
-    _tag_names = ["trl", "ppo", "ppo-max", "trl_basics"]
+    _tag_names: ClassVar[list[str]] = ["trl", "ppo", "ppo-max", "trl_basics"]
     _name = "PPO-max (trl_basics)"
-    _paper = {"title": "Secrets of RLHF in Large Language Models Part I: PPO", "id": "2307.04964"}
+    _paper: ClassVar[dict[str, str]] = {
+        "title": "Secrets of RLHF in Large Language Models Part I: PPO",
+        "id": "2307.04964",
+    }
     config_class = PPOMaxConfig
     default_advantage_estimator = "gae"
 
@@ -98,8 +107,9 @@ class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
         with parent_beta(config, 1.0 if needs_ref else config.beta):
             super().__init__(**arguments)
         self.beta = config.beta  # 0.0: GRPO's own KL term in the loss stays off
-        self._setup_tricks(plugin_manager)
+        # The critic first: it looks for a reward model among the reward functions as the parent set them up.
         self._setup_critic(critic_model, critic_peft_config)
+        self._setup_tricks(plugin_manager)
         self._setup_ptx(ptx_dataset)
         self.add_callback(_FreezeActorCallback(self))
         self.collapse_alarm = None
@@ -145,11 +155,23 @@ class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
             init_kwargs.pop("torch_dtype", None)
             init_kwargs.pop("device_map", None)
             init_kwargs.pop("quantization_config", None)
-            critic = load_value_model(
-                source, dtype=self.model.dtype, trust_remote_code=args.trust_remote_code, **init_kwargs
-            )
+            try:
+                critic = load_value_model(
+                    source, dtype=self.model.dtype, trust_remote_code=args.trust_remote_code, **init_kwargs
+                )
+            except (OSError, ValueError):
+                if self.critic_init_source != "policy" or is_peft_model(self.model):
+                    raise
+                # A policy passed as an object that was never saved: copy its backbone instead of reloading it.
+                critic = value_model_from_causal_lm(self.accelerator.unwrap_model(self.model))
         else:
             critic = source
+            base = critic.get_base_model() if hasattr(critic, "get_base_model") else critic
+            if not type(base).__name__.endswith("ForTokenClassification") or base.config.num_labels != 1:
+                raise TypeError(
+                    f"critic_model must be a *ForTokenClassification model with num_labels=1, got "
+                    f"{type(base).__name__}; pass a path instead to load a reward model or causal LM as a critic"
+                )
             disable_dropout(critic)
         if args.gradient_checkpointing:
             critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
@@ -251,8 +273,9 @@ class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
         """
         texts = self._ptx_texts
         size = self.args.ptx_batch_size or self.args.per_device_train_batch_size
-        micro = self._step % self.args.gradient_accumulation_steps
-        draw = (self.state.global_step * self.args.gradient_accumulation_steps + micro) * self.accelerator.num_processes
+        accumulation = self.args.gradient_accumulation_steps
+        micro = self._step % accumulation
+        draw = (self.state.global_step * accumulation + micro) * self.accelerator.num_processes
         first = (draw + self.accelerator.process_index) * size
         batch = []
         for k in range(first, first + size):
@@ -311,7 +334,10 @@ class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
         critic = self.critic if self._critic_is_deepspeed else self.accelerator.unwrap_model(self.critic)
         input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
         attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
-        with self.accelerator.autocast(), disable_gradient_checkpointing(critic, self.args.gradient_checkpointing_kwargs):
+        with (
+            self.accelerator.autocast(),
+            disable_gradient_checkpointing(critic, self.args.gradient_checkpointing_kwargs),
+        ):
             values = critic_values(
                 critic,
                 input_ids,
@@ -422,7 +448,8 @@ class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
     def _critic_optimizer_step(self, mode: str) -> None:
         args = self.args
         # The critic follows the policy's schedule: lr_c(t) = critic_learning_rate · lr(t) / learning_rate.
-        scale = self._get_learning_rate() / args.learning_rate if args.learning_rate > 0 else 1.0
+        policy_lr = self._get_learning_rate() if self.lr_scheduler is not None else args.learning_rate
+        scale = policy_lr / args.learning_rate if args.learning_rate > 0 else 1.0
         for group in self.critic_optimizer.param_groups:
             group["lr"] = args.critic_learning_rate * scale
         if self._critic_is_deepspeed:
@@ -434,18 +461,30 @@ class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
         params = [param for param in self.critic.parameters() if param.requires_grad]
         # Global gradient clipping (PPO-max) for the critic; the norm is logged either way.
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm and max_norm > 0 else float("inf"))
-        self.critic_optimizer.step()
+        if torch.isfinite(grad_norm):
+            self.critic_optimizer.step()
+        else:
+            # A NaN/inf gradient (already reduced, so every process agrees) would poison the critic: skip the step.
+            self._metrics[mode]["value/skipped_steps"].append(1.0)
         self.critic_optimizer.zero_grad(set_to_none=True)
         self._metrics[mode]["value/grad_norm"].append(float(grad_norm))
         self._metrics[mode]["value/learning_rate"].append(args.critic_learning_rate * scale)
 
     # --- checkpoints ------------------------------------------------------------------------------------------------
 
+    def critic_state_dict(self) -> dict[str, torch.Tensor]:
+        """The critic's full state dict. Under ZeRO-3 a collective (call it on every process), complete on rank 0."""
+        if self._critic_is_deepspeed:
+            if self.critic.zero_optimization_partition_weights():
+                return self.critic._zero3_consolidated_16bit_state_dict()
+            return self.critic.module.state_dict()
+        return self.accelerator.unwrap_model(self.critic).state_dict()
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the policy (as TRL does) and the critic next to it, in ``<output_dir>/critic``."""
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        state_dict = self.accelerator.get_state_dict(self.critic) if self._critic_is_deepspeed else None
+        state_dict = self.critic_state_dict() if self._critic_is_deepspeed else None
         if self.args.should_save:
             critic = self.accelerator.unwrap_model(self.critic)
             critic.save_pretrained(os.path.join(output_dir, CRITIC_DIR), state_dict=state_dict)
