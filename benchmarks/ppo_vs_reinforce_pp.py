@@ -189,7 +189,8 @@ def main() -> None:
         ratios = {key: ppo[key] / rpp[key] for key in ("step_time_s", "step_cpu_s", "peak_rss_mb", "rss_growth_mb")}
         summary[f"{geometry}/ratio"] = ratios
         print(
-            f"| {geometry} | {ratios['step_time_s']:.2f}x | {ratios['step_cpu_s']:.2f}x | {ratios['peak_rss_mb']:.2f}x | "
+            f"| {geometry} | {ratios['step_time_s']:.2f}x | {ratios['step_cpu_s']:.2f}x | "
+            f"{ratios['peak_rss_mb']:.2f}x | "
             f"{ratios['rss_growth_mb']:.2f}x |"
         )
     if args.out:

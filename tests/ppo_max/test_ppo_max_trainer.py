@@ -22,7 +22,7 @@ def params(module):
     return {name: param.detach().clone() for name, param in module.named_parameters()}
 
 
-# --- defaults and configs ---------------------------------------------------------------------------------------------
+# --- defaults and configs -------------------------------------------------------------------------------------------
 
 
 def test_defaults_are_ppo_max(tmp_path):
@@ -144,7 +144,7 @@ def test_critic_has_its_own_optimizer_and_learning_rate(tmp_path, tiny_model_dir
     assert logged(trainer, "learning_rate") == pytest.approx([3e-3, 1.5e-3])
 
 
-# --- one generation round, recomputed by hand --------------------------------------------------------------------------
+# --- one generation round, recomputed by hand ------------------------------------------------------------------------
 
 
 def test_gae_advantages_and_returns_follow_the_paper_on_a_real_rollout(tmp_path, tiny_model_dir, task, dataset):
@@ -348,9 +348,9 @@ def test_critic_model_argument_takes_a_path_or_a_token_classifier(tmp_path, tiny
         PPOMaxConfig(**cpu_kwargs(tmp_path), critic_model_path=reward_model_dir), tiny_model_dir, task, dataset
     )
     torch.testing.assert_close(by_path.accelerator.unwrap_model(by_path.critic).score.weight, ready.score.weight)
+    sequence_classifier = AutoModelForSequenceClassification.from_pretrained(reward_model_dir, num_labels=1)
     with pytest.raises(TypeError, match="ForTokenClassification"):
-        make(PPOMaxConfig(**cpu_kwargs(tmp_path)), tiny_model_dir, task, dataset,
-             critic_model=AutoModelForSequenceClassification.from_pretrained(reward_model_dir, num_labels=1))  # fmt: skip
+        make(PPOMaxConfig(**cpu_kwargs(tmp_path)), tiny_model_dir, task, dataset, critic_model=sequence_classifier)
 
 
 def test_critic_from_an_unsaved_policy_copies_its_backbone(tmp_path, task, dataset):

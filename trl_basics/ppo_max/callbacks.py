@@ -51,7 +51,7 @@ class CollapseAlarmCallback(TrainerCallback):
         mode: ``"warn"`` or ``"stop"`` (``"off"`` makes the callback inert).
         max_completion_length: The generation cap the length is compared with.
         kl_key: Name of the logged KL-to-reference metric (per-sequence sum; e.g.
-            ``"tricks/kl_shaping/k1_sequence_mean"``). Without it, the KL signal never fires and neither does the alarm.
+            ``"tricks/kl_shaping/k1_sequence_mean"``). Without it the KL signal, and so the alarm, never fires.
         window: Logged steps per window.
         length_cap_fraction: "At the cap": recent mean length >= this fraction of ``max_completion_length``.
         length_jump_fraction: "Jumps": the first window's mean length was at least this fraction of the cap lower.

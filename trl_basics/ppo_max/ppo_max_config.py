@@ -221,8 +221,8 @@ class PPOMaxConfig(TrickArguments, trl.GRPOConfig):
             super().__post_init__()
         if self.scale_rewards not in ("none", False):
             raise ValueError(
-                f"scale_rewards={self.scale_rewards!r} would have no effect: PPO-max's advantages come from GAE on the "
-                "critic. Set scale_rewards='none' and use reward_norm/reward_scale."
+                f"scale_rewards={self.scale_rewards!r} would have no effect: PPO-max's advantages come from GAE on "
+                "the critic. Set scale_rewards='none' and use reward_norm/reward_scale."
             )
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(
@@ -231,8 +231,9 @@ class PPOMaxConfig(TrickArguments, trl.GRPOConfig):
             )
         if self.loss_type == "vespo" or self.off_policy_mask_threshold is not None:
             raise ValueError(
-                "loss_type='vespo' and off_policy_mask_threshold assume sequence-level advantages; GAE gives token-level "
-                "ones. Use another loss_type (e.g. 'bnpo', 'dapo', 'grpo') and off_policy_mask_threshold=None."
+                "loss_type='vespo' and off_policy_mask_threshold assume sequence-level advantages; GAE gives "
+                "token-level ones. Use another loss_type (e.g. 'bnpo', 'dapo', 'grpo') and "
+                "off_policy_mask_threshold=None."
             )
         if self.value_clip is not None and not self.value_clip > 0:
             raise ValueError(f"value_clip={self.value_clip} must be positive, or None for the unclipped value loss")

@@ -52,7 +52,7 @@ CRITIC_DEEPSPEED_TAG = "deepspeed"
 
 
 class _FreezeActorCallback(TrainerCallback):
-    """Critic warm-up: drop the actor's gradients before its optimizer step, so AdamW leaves it (and its state) as is."""
+    """Critic warm-up: drop the actor's gradients before its optimizer step; AdamW leaves it and its state as is."""
 
     def __init__(self, trainer: PPOMaxTrainer) -> None:
         self.trainer = trainer
