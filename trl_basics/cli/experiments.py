@@ -99,6 +99,9 @@ def train_command(algorithm: str, args: ExperimentArguments, run_dir: Path, extr
         command += ["--reward_funcs", task_reward, "--reward_weights", "1.0", "0.0"]
         if algorithm == "ppo_max":
             command += ["--critic_model_path", args.reward_model_name_or_path]
+    if algorithm == "ppo_max":
+        # PPO-max's critic learning rate is sized for large models; the tiny kit models need the policy's.
+        command += ["--critic_learning_rate", str(args.learning_rate)]
     return command + list(extra)
 
 

@@ -207,6 +207,19 @@ class PPOMaxConfig(TrickArguments, trl.GRPOConfig):
         default=5e-7, metadata={"help": "Policy learning rate (PPO-max paper and code: 5e-7)."}
     )
 
+    def ablation_switches(self) -> dict:
+        """PPO-max's components beside the tricks: value clipping and the critic's initialisation.
+
+        GAE stays: without it the critic has no target (the trainer refuses other estimators).
+        """
+        switches = super().ablation_switches()
+        if self.value_clip is not None:
+            switches["value_clip"] = {"value_clip": None}
+        if self.critic_model_path is not None:
+            # The critic from the policy instead of the given reward model (PPO-max initialises it from the RM).
+            switches["critic_from_reward_model"] = {"critic_model_path": None, "critic_init": "policy"}
+        return switches
+
     def __post_init__(self) -> None:
         if self.critic_init not in CRITIC_INIT_CHOICES:
             raise ValueError(
