@@ -25,6 +25,7 @@ from trl_basics.kit import (
     build_tokenizer,
     exact_length_reward,
     get_task,
+    limit_torch_threads,
     load_tiny_model,
     recommended_rl_kwargs,
     save_tiny_model,
@@ -292,6 +293,15 @@ def test_recommended_rl_kwargs_build_trl_configs(tmp_path: Path) -> None:
         recommended_rl_kwargs("nope")
 
 
+def test_limit_torch_threads_restores_the_thread_count() -> None:
+    before = torch.get_num_threads()
+    with limit_torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match=">= 1"), limit_torch_threads(0):
+        pass
+
+
 # ---------------------------------------------------------------------------------------------------------- slow
 def _short_run_kwargs(task_name: str, max_steps: int) -> dict:
     kwargs = recommended_rl_kwargs(task_name)
@@ -310,7 +320,8 @@ def test_rloo_two_steps_change_every_parameter(model_dir: Path, tmp_path: Path) 
     )
     assert trainer.ref_model is not None  # beta != 0: reloaded from the saved directory
     before = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
-    trainer.train()
+    with limit_torch_threads(1):
+        trainer.train()
     assert trainer.state.global_step == 2
     for name, param in trainer.model.named_parameters():
         if param.requires_grad:
@@ -331,7 +342,8 @@ def test_grpo_accepts_model_object_and_processing_class(model_dir: Path, tmp_pat
         train_dataset=task.make_dataset(64, seed=0, conversational=True),
         processing_class=tokenizer,
     )
-    trainer.train()
+    with limit_torch_threads(1):
+        trainer.train()
     assert trainer.state.global_step == 2
     assert any("rewards/target_letter_reward/mean" in entry for entry in trainer.state.log_history)
 
@@ -346,7 +358,8 @@ def test_rloo_learns_target_letter(tmp_path: Path) -> None:
     trainer = RLOOTrainer(
         model=str(path), reward_funcs=task.reward_func, args=args, train_dataset=task.make_dataset(4000, seed=0)
     )
-    trainer.train()
+    with limit_torch_threads(1):
+        trainer.train()
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
     assert first < 0.2 and last > 0.6, (first, last)

@@ -3,14 +3,15 @@
 Everything is built locally (nothing is downloaded), small enough to train with TRL on a CPU in seconds::
 
     from trl import RLOOConfig, RLOOTrainer
-    from trl_basics.kit import get_task, recommended_rl_kwargs, save_tiny_model
+    from trl_basics.kit import get_task, limit_torch_threads, recommended_rl_kwargs, save_tiny_model
 
     path = save_tiny_model("out/tiny")
     task = get_task("target_letter")
     args = RLOOConfig(output_dir="out/run", **recommended_rl_kwargs(task.name))
     trainer = RLOOTrainer(model=str(path), reward_funcs=task.reward_func, args=args,
                           train_dataset=task.make_dataset(2000, seed=0))
-    trainer.train()
+    with limit_torch_threads(1):  # tiny models: one thread is faster and robust to a busy machine
+        trainer.train()
 """
 
 from trl_basics.kit.model import (
@@ -22,7 +23,7 @@ from trl_basics.kit.model import (
     save_tiny_reward_model,
     tiny_llama_config,
 )
-from trl_basics.kit.recipes import CPU_RL_KWARGS, TASK_RL_KWARGS, recommended_rl_kwargs
+from trl_basics.kit.recipes import CPU_RL_KWARGS, TASK_RL_KWARGS, limit_torch_threads, recommended_rl_kwargs
 from trl_basics.kit.tasks import (
     EXACT_LENGTH,
     TARGET_LETTER,
@@ -65,6 +66,7 @@ __all__ = [
     "completion_text",
     "exact_length_reward",
     "get_task",
+    "limit_torch_threads",
     "load_tiny_model",
     "prompt_text",
     "recommended_rl_kwargs",

@@ -208,6 +208,7 @@ class SyntheticTask(ABC):
     # ---------------------------------------------------------------------------------------------------- datasets
     @staticmethod
     def _as_prompt(text: str, conversational: bool) -> Prompt:
+        """Wrap ``text`` as a one-message conversation, or end the plain prompt with a space."""
         # A plain prompt ends with a space: TRL scores RL completions with a reward model on `prompt + completion`,
         # and a decoded completion has no leading space, so without it "letters" + "a b" would read "lettersa b".
         # The tokenizer drops the trailing space, so generation sees the same token ids.
@@ -215,6 +216,7 @@ class SyntheticTask(ABC):
 
     @staticmethod
     def _as_completion(words: Sequence[str], conversational: bool) -> str | list[dict[str, str]]:
+        """Join ``words`` into a plain completion (with a leading space) or an assistant message."""
         text = " ".join(words)
         # A plain completion is appended to the prompt as is (TRL's SFT/DPO/reward trainers), so it needs the space.
         return [{"role": "assistant", "content": text}] if conversational else " " + text
@@ -269,7 +271,7 @@ class SyntheticTask(ABC):
 
 
 def _last_match(pattern: re.Pattern[str], text: str, task: str) -> str:
-    """The first group of the last match of ``pattern`` in ``text`` (lower-cased), or a `ValueError`."""
+    """Return the first group of the last match of ``pattern`` in ``text`` (lower-cased), or a `ValueError`."""
     matches = pattern.findall(text.lower())
     if not matches:
         raise ValueError(f"Task {task!r} cannot find its target in prompt {text!r} (pattern {pattern.pattern!r}).")
@@ -296,24 +298,31 @@ class TargetLetterTask(SyntheticTask):
 
     @property
     def reward_func(self) -> RewardFunc:
+        """[`target_letter_reward`]."""
         return target_letter_reward
 
     def sample_target(self, rng: random.Random) -> str:
+        """Draw one of ``letters``."""
         return rng.choice(self.letters)
 
     def format_prompt(self, target: str) -> str:
+        """Return ``"say : <letter>"``."""
         return f"say : {target}"
 
     def parse_target(self, text: str) -> str:
+        """Return the letter of the last ``say : <letter>`` in ``text``."""
         return _last_match(self._PATTERN, text, self.name)
 
     def score(self, target: str, words: Sequence[str]) -> float:
+        """Fraction of ``words`` equal to ``target`` (0 without words)."""
         return sum(word == target for word in words) / len(words) if words else 0.0
 
     def is_solution(self, target: str, words: Sequence[str]) -> bool:
+        """At least one word, all equal to ``target``."""
         return bool(words) and all(word == target for word in words)
 
     def solve(self, target: str, rng: random.Random) -> list[str]:
+        """The letter repeated 1 to ``max_words`` times."""
         return [target] * rng.randint(1, self.max_words)
 
 
@@ -333,6 +342,7 @@ class TokenKindTask(SyntheticTask):
 
     @property
     def reward_func(self) -> RewardFunc:
+        """[`token_kind_reward`]."""
         return token_kind_reward
 
     @staticmethod
@@ -342,21 +352,27 @@ class TokenKindTask(SyntheticTask):
         return word in pool
 
     def sample_target(self, rng: random.Random) -> str:
+        """Draw ``"digits"`` or ``"letters"``."""
         return rng.choice(self.KINDS)
 
     def format_prompt(self, target: str) -> str:
+        """Return ``"say : digits"`` or ``"say : letters"``."""
         return f"say : {target}"
 
     def parse_target(self, text: str) -> str:
+        """Return the kind of the last ``say : digits|letters`` in ``text``."""
         return _last_match(self._PATTERN, text, self.name)
 
     def score(self, target: str, words: Sequence[str]) -> float:
+        """Fraction of ``words`` of kind ``target`` (0 without words)."""
         return sum(self.is_kind(target, word) for word in words) / len(words) if words else 0.0
 
     def is_solution(self, target: str, words: Sequence[str]) -> bool:
+        """At least one word, all of kind ``target``."""
         return bool(words) and all(self.is_kind(target, word) for word in words)
 
     def solve(self, target: str, rng: random.Random) -> list[str]:
+        """1 to ``max_words`` random words of kind ``target``."""
         pool = DIGITS if target == "digits" else LETTERS
         return [rng.choice(pool) for _ in range(rng.randint(1, self.max_words))]
 
@@ -386,25 +402,32 @@ class ExactLengthTask(SyntheticTask):
 
     @property
     def reward_func(self) -> RewardFunc:
+        """[`exact_length_reward`]."""
         return exact_length_reward
 
     def sample_target(self, rng: random.Random) -> int:
+        """Draw a length between ``min_count`` and ``max_count``."""
         return rng.randint(self.min_count, self.max_count)
 
     def format_prompt(self, target: int) -> str:
+        """Return ``"count : <n>"``."""
         return f"count : {target}"
 
     def parse_target(self, text: str) -> int:
+        """Return the number of the last ``count : <n>`` in ``text``."""
         # The tokenizer splits numbers into digits, so decoded prompts read "count : 1 2"; join the digits back.
         return int(re.sub(r"\s+", "", _last_match(self._PATTERN, text, self.name)))
 
     def score(self, target: int, words: Sequence[str]) -> float:
+        """``1 / (1 + |len(words) - target|)``."""
         return 1.0 / (1.0 + abs(len(words) - int(target)))
 
     def is_solution(self, target: int, words: Sequence[str]) -> bool:
+        """Exactly ``target`` words."""
         return len(words) == int(target)
 
     def solve(self, target: int, rng: random.Random) -> list[str]:
+        """``target`` random filler words."""
         return [rng.choice(FILLER_WORDS) for _ in range(int(target))]
 
 
