@@ -14,6 +14,7 @@ With no trick flag set the pipeline is empty and the parent's advantages are lef
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from .guards import (
     NonFiniteGradientGuard,
     check_padding,
     check_prompt_lengths,
+    check_reward_sources,
     guard_reward_functions,
 )
 from .pipeline import TrickPipeline
@@ -35,6 +37,35 @@ from .plugins import Registry, get_plugin_manager
 from .types import LossInputs, Rollout, TrickContext
 
 TRICK_STATE_FILE = "trl_basics_tricks.json"
+
+# Keyword inputs TRL forwards to the model for multimodal batches; passed through unchanged.
+FORWARD_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+def bind_trainer_arguments(parent_init, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The parent constructor's arguments by name, so ``args`` can be replaced whether passed by position or not."""
+    bound = inspect.signature(parent_init).bind(None, *args, **kwargs)
+    arguments = dict(bound.arguments)
+    arguments.pop(next(iter(arguments)))  # `self`
+    check_reward_sources(arguments.get("reward_funcs"))
+    return arguments
+
+
+def model_name(model: Any) -> str:
+    if isinstance(model, str):
+        return model.rstrip("/").split("/")[-1]
+    return getattr(getattr(model, "config", None), "_name_or_path", "model").rstrip("/").split("/")[-1]
 
 
 def coerce_config(args: Any, config_cls: type, parent_cls: type) -> Any:
@@ -94,10 +125,32 @@ class TrickTrainerMixin:
     """Runs the trick pipeline inside a TRL ``RLOOTrainer`` or ``GRPOTrainer`` subclass."""
 
     default_advantage_estimator: ClassVar[str | None] = None
+    trl_parent: ClassVar[type]  # the TRL trainer this one extends
+    trl_parent_config: ClassVar[type]  # and its config class, accepted in place of ours
+    config_class: ClassVar[type]
     _logps_record: list | None = None
     _rewards_per_func: torch.Tensor | None = None
 
     # --- set-up -------------------------------------------------------------------------------------------------
+
+    def _init_parent(self, args: tuple, kwargs: dict) -> Any:
+        """Run the TRL parent's constructor with our config; return the config.
+
+        A plain parent config is turned into ours (``coerce_config``). TRL loads a reference model only when
+        ``beta != 0``; KL shaping with ``beta == 0`` needs one too, so the parent sees a non-zero beta while it
+        builds, and ``self.beta`` is restored afterwards.
+        """
+        arguments = bind_trainer_arguments(self.trl_parent.__init__, args, kwargs)
+        config = arguments.get("args")
+        if config is None:
+            config = self.config_class(output_dir=f"{model_name(arguments['model'])}-{type(self).__name__}")
+        config = coerce_config(config, self.config_class, self.trl_parent_config)
+        arguments["args"] = config
+        needs_ref = config.kl_coef is not None and config.kl_coef > 0
+        with parent_beta(config, 1.0 if needs_ref and config.beta == 0.0 else config.beta):
+            self.trl_parent.__init__(self, **arguments)
+        self.beta = config.beta
+        return config
 
     def _setup_tricks(self, plugin_manager: Any = None) -> None:
         pm = plugin_manager if plugin_manager is not None else get_plugin_manager()

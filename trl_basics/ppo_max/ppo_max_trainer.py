@@ -20,19 +20,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any, ClassVar
 
 import torch
-import trl
 from accelerate.utils import DistributedType, is_peft_model
 from transformers import PreTrainedModel, TrainerCallback
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
 from ..functional import clipped_value_loss, explained_variance
-from ..rloo.rloo_trainer import _FORWARD_KEYS, _bind_trainer_arguments, _model_name
-from ..trainer_mixin import TrickTrainerMixin, coerce_config, parent_beta
+from ..grpo_base import GRPOTrickTrainer
 from ..types import Rollout, TrickContext
 from .callbacks import CollapseAlarmCallback
 from .critic import (
@@ -64,7 +62,7 @@ class _FreezeActorCallback(TrainerCallback):
         return control
 
 
-class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
+class PPOMaxTrainer(GRPOTrickTrainer):
     """``trl.GRPOTrainer`` turned into PPO-max: a critic, GAE advantages and the PPO-max tricks.
 
     Accepts a ``trl_basics.PPOMaxConfig`` or a plain ``trl.GRPOConfig`` (fields left at GRPO's defaults take
@@ -97,16 +95,7 @@ class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
         plugin_manager: Any = None,
         **kwargs: Any,
     ) -> None:
-        arguments = _bind_trainer_arguments(trl.GRPOTrainer.__init__, args, kwargs)
-        config = arguments.get("args")
-        if config is None:
-            config = self.config_class(output_dir=f"{_model_name(arguments['model'])}-{type(self).__name__}")
-        config = coerce_config(config, self.config_class, trl.GRPOConfig)
-        arguments["args"] = config
-        needs_ref = config.kl_coef is not None and config.kl_coef > 0
-        with parent_beta(config, 1.0 if needs_ref else config.beta):
-            super().__init__(**arguments)
-        self.beta = config.beta  # 0.0: GRPO's own KL term in the loss stays off
+        config = self._init_parent(args, kwargs)  # beta stays 0: GRPO's own KL term in the loss stays off
         # The critic first: it looks for a reward model among the reward functions as the parent set them up.
         self._setup_critic(critic_model, critic_peft_config)
         self._setup_tricks(plugin_manager)
@@ -306,28 +295,6 @@ class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
 
     # --- generation round -------------------------------------------------------------------------------------------
 
-    def _rollout_logprobs(self, out: dict, recorded: list):
-        logprobs = out.get("old_per_token_logps")
-        if logprobs is None and self._kl_shaping is not None:
-            # On-policy GRPO skips the sampling policy's log-probs; KL in the reward needs them now.
-            logprobs = self._sampling_logprobs(out)
-        return logprobs, out.get("ref_per_token_logps")
-
-    @torch.no_grad()
-    def _sampling_logprobs(self, out: dict) -> torch.Tensor:
-        input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
-        attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
-        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            logprobs, _, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                input_ids,
-                attention_mask,
-                out["completion_ids"].size(1),
-                batch_size=self.args.per_device_train_batch_size,
-                **{key: out[key] for key in _FORWARD_KEYS if key in out},
-            )
-        return logprobs
-
     @torch.no_grad()
     def _old_values(self, out: dict) -> torch.Tensor:
         """V_old(s_t) of the sampled completions, (B, T), 0 at inactive positions. No gradient."""
@@ -369,19 +336,6 @@ class PPOMaxTrainer(TrickTrainerMixin, trl.GRPOTrainer):
         self._log_distribution(ctx, "value/old_values", rollout.values, mask)
 
     # --- update -----------------------------------------------------------------------------------------------------
-
-    def _policy_loss(self, model, inputs):
-        with self._grpo_kl_off():
-            return super()._policy_loss(model, inputs)
-
-    @contextmanager
-    def _grpo_kl_off(self):
-        """GRPO adds beta·k3 to the loss when beta != 0; the KL here is in the reward (trick pipeline)."""
-        saved, self.beta = self.beta, 0.0
-        try:
-            yield
-        finally:
-            self.beta = saved
 
     def _compute_loss(self, model, inputs):
         loss = super()._compute_loss(model, inputs)  # clipped surrogate + loss-stage tricks (entropy bonus)

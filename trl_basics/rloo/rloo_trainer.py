@@ -8,7 +8,6 @@ token-level and the loss switches to a token-level clipped objective; otherwise 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,39 +15,8 @@ import torch
 import trl
 
 from ..functional import clipped_policy_loss
-from ..guards import check_reward_sources
-from ..trainer_mixin import TrickTrainerMixin, coerce_config, parent_beta, single_generation_allowed
+from ..trainer_mixin import FORWARD_KEYS, TrickTrainerMixin, single_generation_allowed
 from .rloo_config import RLOOConfig
-
-# Keyword inputs TRL forwards to the model for multimodal batches; passed through unchanged.
-_FORWARD_KEYS = (
-    "pixel_values",
-    "image_grid_thw",
-    "num_images",
-    "pixel_attention_mask",
-    "spatial_shapes",
-    "num_tiles",
-    "image_sizes",
-    "token_type_ids",
-    "mm_token_type_ids",
-    "image_position_ids",
-)
-
-
-def _bind_trainer_arguments(parent_init, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """The parent constructor's arguments by name, so ``args`` can be replaced whether passed by position or not."""
-    bound = inspect.signature(parent_init).bind(None, *args, **kwargs)
-    arguments = dict(bound.arguments)
-    arguments.pop(next(iter(arguments)))  # `self`
-    check_reward_sources(arguments.get("reward_funcs"))
-    return arguments
-
-
-def _model_name(model: Any) -> str:
-    if isinstance(model, str):
-        return model.rstrip("/").split("/")[-1]
-    return getattr(getattr(model, "config", None), "_name_or_path", "model").rstrip("/").split("/")[-1]
-
 
 class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
     """``trl.RLOOTrainer`` with the trl_basics trick pipeline.
@@ -63,23 +31,14 @@ class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
         "title": "Back to Basics: Revisiting REINFORCE-Style Optimization for Learning from Human Feedback in LLMs",
         "id": "2402.14740",
     }
+    trl_parent = trl.RLOOTrainer
+    trl_parent_config = trl.RLOOConfig
     config_class = RLOOConfig
     default_advantage_estimator = "rloo"
     always_active = False  # True for trainers whose estimator differs from TRL's
 
     def __init__(self, *args: Any, plugin_manager: Any = None, **kwargs: Any) -> None:
-        arguments = _bind_trainer_arguments(trl.RLOOTrainer.__init__, args, kwargs)
-        config = arguments.get("args")
-        if config is None:
-            config = self.config_class(output_dir=f"{_model_name(arguments['model'])}-{type(self).__name__}")
-        config = coerce_config(config, self.config_class, trl.RLOOConfig)
-        arguments["args"] = config
-        self._plugin_manager = plugin_manager
-        needs_ref = config.kl_coef is not None and config.kl_coef > 0
-        # TRL loads a reference model only for beta != 0; KL shaping with beta=0 still needs one.
-        with parent_beta(config, 1.0 if needs_ref and config.beta == 0.0 else config.beta):
-            super().__init__(**arguments)
-        self.beta = config.beta
+        self._init_parent(args, kwargs)
         self._setup_tricks(plugin_manager)
 
     # --- pipeline configuration -----------------------------------------------------------------------------------
@@ -160,7 +119,7 @@ class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
             completion_ids.size(1),
             compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled,
-            **{key: inputs.get(key) for key in _FORWARD_KEYS},
+            **{key: inputs.get(key) for key in FORWARD_KEYS},
         )
         mask = completion_mask.to(per_token_logps.dtype)
         per_token_loss, clipped = clipped_policy_loss(
