@@ -13,14 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import deepspeed  # noqa: F401  (installed by the dev extra; the test must run, not skip)
 import pytest
 import torch
 
 from trl_basics import PPOMaxConfig, PPOMaxTrainer
 
 from .deepspeed_worker import CONFIG
-
-import deepspeed  # noqa: F401  (installed by the dev extra; the test must run, not skip)
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("deepspeed_worker.py")

@@ -1,14 +1,12 @@
-import dataclasses
 import json
 import math
-import os
 
 import pytest
 import torch
 import trl
 
 import trl_basics.kit.model
-from trl_basics import RLOOConfig, RLOOTrainer, ReinforceWithBaselineConfig, ReinforceWithBaselineTrainer
+from trl_basics import ReinforceWithBaselineConfig, ReinforceWithBaselineTrainer, RLOOConfig, RLOOTrainer
 
 from .conftest import cpu_kwargs, logged
 

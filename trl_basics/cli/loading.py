@@ -40,7 +40,7 @@ def load_reward_function(spec: str) -> Callable[..., list[float]]:
 def kit_task(name: str):
     from ..kit.tasks import get_task
 
-    return get_task(name[len(KIT_PREFIX) :] if name.startswith(KIT_PREFIX) else name)
+    return get_task(name.removeprefix(KIT_PREFIX))
 
 
 def load_prompts(dataset_name: str, split: str = "train", num_prompts: int = 2048, seed: int = 0):

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-
 def plot_specs(task_metric: str | None) -> list[tuple[str, str, tuple[str, ...]]]:
     """The curves every report draws: (file stem, title, metric names in order of preference)."""
     specs = [("reward", "training reward (what the algorithm optimises)", ("reward",))]

@@ -18,6 +18,7 @@ from ..functional import clipped_policy_loss
 from ..trainer_mixin import FORWARD_KEYS, TrickTrainerMixin, single_generation_allowed
 from .rloo_config import RLOOConfig
 
+
 class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
     """``trl.RLOOTrainer`` with the trl_basics trick pipeline.
 
