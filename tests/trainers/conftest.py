@@ -1,49 +1,5 @@
-"""Shared set-up for trainer tests: one saved tiny model per session and CPU-friendly TRL settings."""
+"""Trainer tests share the session fixtures of tests/conftest.py and the helpers of tests/trainer_helpers.py."""
 
-import pytest
+from trainer_helpers import cpu_kwargs, logged
 
-from trl_basics.kit.model import save_tiny_model
-from trl_basics.kit.tasks import get_task
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    # Saved to disk because TRL reloads the reference model from the model's path.
-    return str(save_tiny_model(tmp_path_factory.mktemp("tiny-model")))
-
-
-@pytest.fixture(scope="session")
-def task():
-    return get_task("token_kind")
-
-
-@pytest.fixture(scope="session")
-def dataset(task):
-    return task.make_dataset(64, seed=0)
-
-
-def cpu_kwargs(output_dir, **overrides):
-    """A few fast CPU steps: fp32, no checkpointing, no logging backends, nothing saved unless asked."""
-    kwargs = dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        learning_rate=3e-3,
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=4,
-        max_steps=2,
-        seed=0,
-    )
-    kwargs.update(overrides)
-    return kwargs
-
-
-def logged(trainer, name):
-    """Every logged value of a metric, in step order."""
-    return [entry[name] for entry in trainer.state.log_history if name in entry]
+__all__ = ["cpu_kwargs", "logged"]
