@@ -94,7 +94,7 @@ class Rollout:
     dense_rewards: Tensor | None = None  # (B, T) per-token reward terms added to the outcome reward (e.g. -β·KL_t)
     advantages: Tensor | None = None  # (B,) or (B, T), set by the advantage estimator
     returns: Tensor | None = None  # (B, T) targets for a critic, set by the advantage estimator
-    extras: dict[str, Any] = field(default_factory=dict)  # prompts, completions, ... for plugins that need them
+    extras: dict[str, Any] = field(default_factory=dict)  # free-form: data one trick passes to a later one
 
     def replace(self, **changes: Any) -> Rollout:
         return dataclasses.replace(self, **changes)
