@@ -159,10 +159,11 @@ def render(args: argparse.Namespace, runs: list[dict], command: str, wall: float
         f"Command: `{command}`",
         "",
         (
-            f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {wall / 60:.1f} min. Task kit:{args.task}, kit "
-            f"tiny model (the same initial weights for every run), {args.steps} steps x {args.completions_per_step} "
-            f"completions = {budget} completions per run, learning rate {args.learning_rate} (constant), temperature 1, "
-            f"at most {args.max_completion_length} tokens, KL coefficient 0.05 for every algorithm, PPO-max critic "
+            f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {wall / 60:.1f} min. Task kit:{args.task}, "
+            f"kit tiny model (the same initial weights for every run), {args.steps} steps x "
+            f"{args.completions_per_step} completions = {budget} completions per run, learning rate "
+            f"{args.learning_rate} (constant), temperature 1, at most {args.max_completion_length} tokens, KL "
+            f"coefficient 0.05 for every algorithm, PPO-max critic "
             f"learning rate {args.critic_lr}; seeds {', '.join(str(s) for s in args.seeds)} (data order and sampling)."
         ),
         "",

@@ -178,8 +178,9 @@ def profile_trainer(name: str, args: argparse.Namespace, model_dir: str) -> None
     )
     syncs = {k: v / args.warmup for k, v in counter.counts.items()}
     print(
-        f"tensor reads to the host per step (item/float/bool/tolist, boolean masks; each a host-device sync on a GPU; "
-        f"counted in the warm-up steps): trl_basics {syncs['trl_basics']:.0f}, TRL and the rest {syncs['other']:.0f}"
+        "tensor reads to the host per step (item/float/bool of a tensor, boolean masks; each a host-device sync on a "
+        f"GPU; counted in the warm-up steps): trl_basics {syncs['trl_basics']:.0f}, "
+        f"TRL and the rest {syncs['other']:.0f}"
     )
     print("top trl_basics functions (self time + direct calls into libraries), ms/step:")
     ranked = sorted(

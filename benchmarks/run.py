@@ -3,7 +3,8 @@
 Identical geometry for every trainer: the same saved kit model, the same prompts and seed, the same number of
 completions per step (``num_generations`` per prompt for every trainer, PPO-max included), and every completion forced
 to exactly the same number of tokens (``min_new_tokens`` = ``max_completion_length``), so each step does the same model
-work whatever the policy samples. fp32, no gradient checkpointing, one thread, one on-policy update per generation round.
+work whatever the policy samples. fp32, no gradient checkpointing, one thread, one on-policy update per generation
+round.
 
 Two kinds of child process, interleaved over ``--repeats`` repeats:
 
@@ -93,7 +94,8 @@ TRAINERS = {
     "reinforce_pp": TrainerSpec(
         "tb.ReinforcePlusPlusTrainer",
         "trl_basics REINFORCE++, loss_type='dapo', beta=0, k1 token-level KL in the reward (kl_coef=0.04), global "
-        "whitening: the KL needs the sampling policy's log-probs before the update, one more no-grad forward than GRPO",
+        "whitening: the KL needs the sampling policy's log-probs before the update, one more no-grad forward than "
+        "GRPO",
         {"fwd": 2, "fb": 1},
     ),
     "ppo_max": TrainerSpec(
@@ -105,7 +107,7 @@ TRAINERS = {
 }
 
 
-# --- trainers -----------------------------------------------------------------------------------------------------------
+# --- trainers --------------------------------------------------------------------------------------------------------
 
 
 def _rss_mb() -> float:
@@ -197,7 +199,7 @@ def _step_summary(trainer, cpu_times: list[float], steps: int, warmup: int) -> d
     }
 
 
-# --- worker: memory (one trainer, fresh process) ----------------------------------------------------------------------
+# --- worker: memory (one trainer, fresh process) ---------------------------------------------------------------------
 
 
 def worker_memory(args: argparse.Namespace) -> dict:
@@ -225,7 +227,7 @@ def worker_memory(args: argparse.Namespace) -> dict:
     return {**result, "rss_before_mb": rss_before, "rss_built_mb": rss_built, "peak_rss_in_child_mb": peak}
 
 
-# --- worker: timing (every trainer in one process, in turns) ----------------------------------------------------------
+# --- worker: timing (every trainer in one process, in turns) ---------------------------------------------------------
 
 
 class Baton:
@@ -325,11 +327,16 @@ def worker_timing(args: argparse.Namespace) -> dict:
             step = unit_costs(args, task)
             times: dict[str, list[float]] = {unit: [] for unit in UNIT_NAMES}
             ready.set()  # set up: the baton may open
-            for iteration in range(args.warmup + args.unit_iters):
+            # One turn per round like the trainers; the timed iterations are spread evenly over the rounds, so the
+            # unit costs see the same phases of the machine as the trainers' steps.
+            stride = max(1, (args.steps - args.warmup) // max(1, args.unit_iters))
+            for index in range(args.steps):
                 baton.acquire("units")
-                for unit, seconds in step().items():
-                    if iteration >= args.warmup:
-                        times[unit].append(seconds)
+                timed = index >= args.warmup and (index - args.warmup) % stride == 0
+                if index < args.warmup or (timed and len(times["gen"]) < args.unit_iters):
+                    for unit, seconds in step().items():
+                        if timed:
+                            times[unit].append(seconds)
                 baton.release("units")
             results["units"] = times
         except BaseException as err:  # noqa: BLE001
@@ -447,7 +454,7 @@ def unit_costs(args: argparse.Namespace, task):
     return step
 
 
-# --- the parent: interleaving and aggregation ---------------------------------------------------------------------------
+# --- the parent: interleaving and aggregation ------------------------------------------------------------------------
 
 
 def run_child(argv: list[str], timeout: float) -> tuple[dict, float]:
@@ -530,7 +537,7 @@ def run_all(args: argparse.Namespace) -> dict:
                     t0 = time.perf_counter()
                     child = [
                         "--worker", "timing", "--trainers", ",".join(order), "--batch-size", str(batch),
-                        "--completion-length", str(length), "--steps", str(args.steps), *common,
+                        "--completion-length", str(length), "--steps", str(_timing_steps(args, slot)), *common,
                     ]  # fmt: skip
                     result, _ = run_child(child, args.timeout)
                     done += 1
@@ -620,11 +627,48 @@ def summarize(args: argparse.Namespace, results: dict) -> dict:
     return cell
 
 
+def _timing_steps(args: argparse.Namespace, slot: int) -> int:
+    """The 1x geometry, where the targets are read, gets more steps than the growth geometries."""
+    return max(args.steps, getattr(args, "steps_1x", 0) or 0) if slot == 0 else args.steps
+
+
+def ratio_interval(
+    results: dict, args: argparse.Namespace, geo: str, num: str, den: str, level: float = 0.9, draws: int = 2000
+) -> tuple[float, float]:
+    """Bootstrap interval of median(num) / median(den) CPU step times.
+
+    Two levels, so that differences between timing processes count as well as the noise within one: draw the repeats
+    with replacement, then within each drawn repeat its rounds with replacement. A round is one step of every trainer,
+    back to back, so the two steps of a pair saw the same state of the machine.
+    """
+    import random
+
+    steps: dict[tuple[int, str], list[float]] = {}
+    for r in results["timing"]:
+        if r["geometry"] == geo and r["trainer"] in (num, den):
+            steps[r["repeat"], r["trainer"]] = r["step_cpu_times_s"][args.warmup :]
+    repeats = sorted({key[0] for key in steps if (key[0], num) in steps and (key[0], den) in steps})
+    rounds = {rep: list(zip(steps[rep, num], steps[rep, den], strict=False)) for rep in repeats}
+    if not repeats:
+        return float("nan"), float("nan")
+    rng = random.Random(0)
+    estimates = []
+    for _ in range(draws):
+        sample = []
+        for _ in repeats:
+            mine = rounds[rng.choice(repeats)]
+            sample += [mine[rng.randrange(len(mine))] for _ in mine]
+        estimates.append(statistics.median(a for a, _ in sample) / statistics.median(b for _, b in sample))
+    estimates.sort()
+    tail = (1 - level) / 2
+    return estimates[int(tail * draws)], estimates[int((1 - tail) * draws) - 1]
+
+
 def ratio(cell: dict, geo: str, num: str, den: str, key: str = "step_cpu_s") -> float:
     return cell[geo, num][key] / cell[geo, den][key]
 
 
-# --- rendering -----------------------------------------------------------------------------------------------------------
+# --- rendering -------------------------------------------------------------------------------------------------------
 
 # (id, label, numerator, denominator, metric, bound)
 TARGETS = [
@@ -639,8 +683,11 @@ TARGETS = [
 ]  # fmt: skip
 
 
-def _verdict(value: float, bound: float) -> str:
-    return "pass" if value <= bound else "**miss**"
+def _verdict(value: float, bound: float, interval: tuple[float, float] | None = None) -> str:
+    text = "pass" if value <= bound else "**miss**"
+    if interval is not None and interval[0] <= bound < interval[1]:
+        text += " (the bound is inside the 90% interval: not resolved by this run)"
+    return text
 
 
 def render(args: argparse.Namespace, results: dict, command: str) -> str:
@@ -655,23 +702,27 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
         "",
         (
             f"Run finished {results.get('finished', '?')}, {results['wall_s'] / 60:.1f} min; "
-            f"{results.get('machine', _machine())}; {results.get('versions', _versions())}. Model: kit `{args.model}` (hidden {hidden}, {layers} layers, {heads} heads, MLP "
-            f"{intermediate}, vocabulary 339, fp32). 1x geometry: B = {args.batch_size} completions per step "
-            f"({args.num_generations} per prompt), each exactly T = {args.completion_length} tokens. Timing: "
-            f"{args.steps} steps per trainer ({args.warmup} warm-up steps dropped), all trainers in turns in one process "
-            f"per geometry; memory: a fresh process per trainer, {args.memory_steps} steps. {args.repeats} repeats; step "
-            f"times are medians over the {(args.steps - args.warmup) * args.repeats} timed steps of all repeats, memory "
-            "medians over the repeats."
+            f"{results.get('machine', _machine())}; {results.get('versions', _versions())}. "
+            f"Model: kit `{args.model}` (hidden {hidden}, "
+            f"{layers} layers, {heads} heads, MLP {intermediate}, vocabulary 339, fp32). 1x geometry: B = "
+            f"{args.batch_size} completions per step ({args.num_generations} per prompt), each exactly T = "
+            f"{args.completion_length} tokens. Timing: {_timing_steps(args, 0)} steps per trainer at 1x and "
+            f"{args.steps} at the other geometries ({args.warmup} warm-up steps dropped), all trainers in turns in "
+            f"one process per geometry; memory: a fresh process per trainer, {args.memory_steps} steps. "
+            f"{args.repeats} repeats; step times are medians over the timed steps of all repeats "
+            f"({(_timing_steps(args, 0) - args.warmup) * args.repeats} at 1x, "
+            f"{(args.steps - args.warmup) * args.repeats} at the other geometries), memory medians over the repeats."
         ),
         "",
         f"### Targets (1x geometry, B = {dims[base][0]}, T = {dims[base][1]})",
         "",
         (
-            "Step-time ratios compare the median CPU time per step (the thread's CPU time over TRL's `step_time` interval, "
-            "pooled over the timed steps of all repeats). Beside it: the ratio of the fastest steps (contention on a shared "
-            "machine only ever adds time, so the fastest step approaches the uncontended cost), the ratio of TRL's "
-            "wall-clock `step_time` medians (which also count waiting for a core), and the ideal ratio of the model's own "
-            "work. Verdicts use the median CPU-time ratio."
+            "Step-time ratios compare the median CPU time per step (the thread's CPU time over TRL's `step_time` "
+            "interval, pooled over the timed steps of all repeats), with a 90% bootstrap interval in brackets "
+            "(repeats, then whole rounds of turns within them, resampled). Beside it: the ratio of the fastest steps "
+            "(contention on a shared machine only ever adds time, so the fastest step approaches the uncontended "
+            "cost), the ratio of TRL's wall-clock `step_time` medians (which also count waiting for a core), and the "
+            "ideal ratio of the model's own work. Verdicts use the median CPU-time ratio."
         ),
         "",
         "| target | bound | measured (median CPU) | fastest steps | wall `step_time` | ideal (model work) | verdict |",
@@ -685,10 +736,11 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
             cpu, wall = ratio(cell, base, num, den), ratio(cell, base, num, den, "step_time_s")
             fastest = ratio(cell, base, num, den, "fastest_cpu_s")
             ideal = ratio(cell, base, num, den, "ideal_s")
+            low, high = ratio_interval(results, args, base, num, den)
             verdicts[key] = (cpu, bound)
             lines.append(
-                f"| {label} | ≤ {bound:.2f} | {cpu:.3f} | {fastest:.3f} | {wall:.3f} | {ideal:.3f} | "
-                f"{_verdict(cpu, bound)} |"
+                f"| {label} | ≤ {bound:.2f} | {cpu:.3f} [{low:.3f}, {high:.3f}] | {fastest:.3f} | {wall:.3f} | "
+                f"{ideal:.3f} | {_verdict(cpu, bound, (low, high))} |"
             )
         elif results["memory"]:
             a, b = cell["memory", num], cell["memory", den]
@@ -697,7 +749,8 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
             ideal = cell[base, num]["model_state"] / cell[base, den]["model_state"]
             verdicts[key] = (built, bound)
             lines.append(
-                f"| {label}: peak RSS above the built trainer (above the pre-build RSS: {before:.3f}) | ≤ {bound:.2f} "
+                f"| {label}: peak RSS above the built trainer (above the pre-build RSS: {before:.3f}) "
+                f"| ≤ {bound:.2f} "
                 f"| {built:.3f} | | | {ideal:.3f} (model state) | {_verdict(built, bound)} |"
             )
     if {"ppo_max", "reinforce_pp"} <= have:
@@ -706,6 +759,7 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
                 continue
             ideal = cell[base, "ppo_max"]["ideal_s"] / cell[base, ref]["ideal_s"]
             cpu = ratio(cell, base, "ppo_max", ref) / ideal
+            low, high = (x / ideal for x in ratio_interval(results, args, base, "ppo_max", ref))
             fastest = ratio(cell, base, "ppo_max", ref, "fastest_cpu_s") / ideal
             wall = ratio(cell, base, "ppo_max", ref, "step_time_s") / ideal
             primary = ref == "reinforce_pp"
@@ -715,8 +769,8 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
             if primary:
                 verdicts["ppo_overhead"] = (cpu, 1.15)
             lines.append(
-                f"| {label} | ≤ 1.15 | {cpu:.3f} | {fastest:.3f} | {wall:.3f} | 1 | "
-                f"{_verdict(cpu, 1.15) if primary else ''} |"
+                f"| {label} | ≤ 1.15 | {cpu:.3f} [{low:.3f}, {high:.3f}] | {fastest:.3f} | {wall:.3f} | 1 | "
+                f"{_verdict(cpu, 1.15, (low, high)) if primary else ''} |"
             )
 
     lines += [
@@ -724,9 +778,9 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
         "### Step time of every trainer at every geometry",
         "",
         (
-            "ms per step. CPU: median thread CPU time over TRL's `step_time` interval; fastest: the fastest of those steps; "
-            "wall: median of TRL's `step_time`; turn: median CPU time of the whole optimizer step (adds the policy's AdamW "
-            "step, the callbacks and logging); ideal: the model's own work from the unit costs below."
+            "ms per step. CPU: median thread CPU time over TRL's `step_time` interval; fastest: the fastest of those "
+            "steps; wall: median of TRL's `step_time`; turn: median CPU time of the whole optimizer step (adds the "
+            "policy's AdamW step, the callbacks and logging); ideal: the model's own work from the unit costs below."
         ),
         "",
         "| geometry | B | T | trainer | CPU | fastest | wall | turn | ideal | CPU / ideal |",
@@ -738,7 +792,8 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
             r = cell[geo, name]
             lines.append(
                 f"| {geo} | {b} | {t} | {TRAINERS[name].label} | {r['step_cpu_s'] * 1e3:.0f} | "
-                f"{r['fastest_cpu_s'] * 1e3:.0f} | {r['step_time_s'] * 1e3:.0f} | {r['turn_cpu_s'] * 1e3:.0f} | {r['ideal_s'] * 1e3:.0f} | "
+                f"{r['fastest_cpu_s'] * 1e3:.0f} | {r['step_time_s'] * 1e3:.0f} | {r['turn_cpu_s'] * 1e3:.0f} | "
+                f"{r['ideal_s'] * 1e3:.0f} | "
                 f"{r['step_cpu_s'] / r['ideal_s']:.2f} |"
             )
 
@@ -747,10 +802,10 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
         "### Unit costs: the model's own work (CPU ms, median)",
         "",
         (
-            "gen: `generate` of B completions x T tokens with TRL's generation settings; fwd: one no-grad policy forward "
-            "with log-probs (TRL's log-prob function); fb: one policy forward+backward; opt: the policy's AdamW step; "
-            "cfwd, cfb, copt: the same for the critic (value head instead of the LM head). Both AdamW steps are fused, "
-            "the Trainer's default for the policy."
+            "gen: `generate` of B completions x T tokens with TRL's generation settings; fwd: one no-grad policy "
+            "forward with log-probs (TRL's log-prob function); fb: one policy forward+backward; opt: the policy's "
+            "AdamW step; cfwd, cfb, copt: the same for the critic (value head instead of the LM head). Both AdamW "
+            "steps are fused, the Trainer's default for the policy."
         ),
         "",
         "| geometry | B | T | " + " | ".join(UNIT_NAMES) + " |",
@@ -770,12 +825,13 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
             f"### Peak memory (1x geometry, fresh process per run, {args.memory_steps} steps)",
             "",
             (
-                "MB. Peak: the process's RSS high-water mark (`os.wait4`). Above built: peak minus the RSS right after the "
-                "trainer was built (what training adds: activations, optimizer states, generation cache). Above pre-build: "
-                "peak minus the RSS before the trainer was built (adds the policy, reference and critic weights). Model "
-                "state: fp32 weights held plus the gradients and two AdamW moments of the trained parameters, the part "
-                "that dominates at scale (its ratio is the memory 'ideal' above). The step times of these one-trainer "
-                "processes are the cross-check of the in-turn timing (noisier: each process sees the machine alone)."
+                "MB. Peak: the process's RSS high-water mark (`os.wait4`). Above built: peak minus the RSS right "
+                "after the trainer was built (what training adds: activations, optimizer states, generation cache). "
+                "Above pre-build: peak minus the RSS before the trainer was built (adds the policy, reference and "
+                "critic weights). Model state: fp32 weights held plus the gradients and two AdamW moments of the "
+                "trained parameters, the part that dominates at scale (its ratio is the memory 'ideal' above). The "
+                "step times of these one-trainer processes are the cross-check of the in-turn timing (noisier: each "
+                "process sees the machine alone)."
             ),
             "",
             (
@@ -800,10 +856,10 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
             "### Growth with completion length T and batch size B",
             "",
             (
-                "First rows: CPU-time ratio of each trainer to its reference at each geometry (flat = our code adds nothing "
-                "that grows faster than the model's work); `ideal` is the same ratio from the unit costs. Then each "
-                "trainer's CPU step time relative to its own 1x time, against the model's work (unit costs) at the same "
-                "scale."
+                "First rows: CPU-time ratio of each trainer to its reference at each geometry (flat = our code adds "
+                "nothing that grows faster than the model's work); `ideal` is the same ratio from the unit costs. "
+                "Then each trainer's CPU step time relative to its own 1x time, against the model's work (unit "
+                "costs) at the same scale."
             ),
             "",
             "| | " + " | ".join(geos) + " |",
@@ -871,6 +927,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=list(TRAINERS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8, help="Optimizer steps per trainer in a timing run.")
+    parser.add_argument("--steps-1x", type=int, default=40, help="Steps per trainer at the 1x geometry (targets).")
     parser.add_argument("--warmup", type=int, default=2, help="First steps of each run left out of the median.")
     parser.add_argument("--unit-iters", type=int, default=5, help="Timed iterations of the unit costs.")
     parser.add_argument("--memory-steps", type=int, default=4, help="Steps of each memory run.")
@@ -903,7 +960,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.quick:
         args.model, args.batch_size, args.completion_length, args.scales = "kit-tiny", 8, 4, [1]
-        args.repeats, args.steps, args.warmup, args.unit_iters, args.memory_steps = 1, 3, 1, 2, 2
+        args.repeats, args.steps, args.steps_1x, args.warmup, args.unit_iters, args.memory_steps = 1, 3, 3, 1, 2, 2
         if "--trainers" not in argv:
             args.trainers = ["trl_rloo", "rloo", "ppo_max"]
     if args.batch_size % args.num_generations:
