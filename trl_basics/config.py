@@ -57,7 +57,11 @@ class TrickArguments:
     kl_horizon (`int`, *optional*, defaults to `10000`):
         Horizon of the adaptive KL controller, in samples.
     kl_clamp (`float` or `None`, *optional*, defaults to `None`):
-        Clamp the per-token log-ratio to ±this value before the estimator (OpenRLHF uses 10).
+        Clamp the per-token KL *estimate* to ±this value after the estimator (OpenRLHF clamps every estimator's
+        output to ±10; verl clamps k3's output to ±10).
+    kl_clamp_log_ratio (`float` or `None`, *optional*, defaults to `None`):
+        Clamp the per-token log-ratio ℓ = log π - log π_ref to ±this value *before* the estimator, which bounds k3's
+        exponential (verl clamps k3's input to ±20). Independent of `kl_clamp`; both may be set.
 
     > Parameters that control advantage estimation (stage 3) and transforms (stage 4)
 
@@ -132,7 +136,16 @@ class TrickArguments:
         default=10000, metadata={"help": "Horizon (in samples) of the adaptive KL controller."}
     )
     kl_clamp: float | None = field(
-        default=None, metadata={"help": "Clamp the per-token log-ratio to ±kl_clamp before the KL estimator."}
+        default=None,
+        metadata={
+            "help": "Clamp the per-token KL estimate to ±kl_clamp after the estimator (OpenRLHF: 10; verl's k3: 10)."
+        },
+    )
+    kl_clamp_log_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Clamp the per-token log-ratio to ±kl_clamp_log_ratio before the KL estimator (verl's k3: 20)."
+        },
     )
     advantage_estimator: str | None = field(
         default=None,
@@ -220,7 +233,7 @@ def validate_trick_arguments(args: Any, registry: Any = None) -> None:
         _refuse(f"reward_norm={args.reward_norm!r} is not a valid choice", f"Use one of {REWARD_NORM_CHOICES}")
     if args.kl_placement not in KL_PLACEMENT_CHOICES:
         _refuse(f"kl_placement={args.kl_placement!r} is not a valid choice", f"Use one of {KL_PLACEMENT_CHOICES}")
-    for name in ("reward_clip", "advantage_clip", "kl_clamp", "kl_target"):
+    for name in ("reward_clip", "advantage_clip", "kl_clamp", "kl_clamp_log_ratio", "kl_target"):
         value = getattr(args, name)
         if value is not None and not value > 0:
             _refuse(f"{name}={value} must be positive", f"Set {name} to a positive number, or None to switch it off")

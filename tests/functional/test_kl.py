@@ -68,13 +68,21 @@ def test_unknown_estimator_lists_valid_names() -> None:
         kl_estimate(logp, ref, "k5")
 
 
-def test_clamp_bounds_the_log_ratio() -> None:
-    logp, ref = _pair([50.0, -50.0])
-    assert kl_estimate(logp, ref, "k1", clamp=10.0).tolist() == pytest.approx([10.0, -10.0])
-    expected_k3_neg = math.exp(10.0) - 1.0 - 10.0
-    assert kl_estimate(logp, ref, "k3", clamp=10.0)[1].item() == pytest.approx(expected_k3_neg, rel=1e-12)
-    with pytest.raises(ValueError, match="clamp"):
-        kl_estimate(logp, ref, "k1", clamp=0.0)
+def test_clamp_bounds_the_estimate_and_log_ratio_clamp_bounds_the_input() -> None:
+    logp, ref = _pair([50.0, -50.0, -5.0])
+    # `clamp` acts on the estimator's output (OpenRLHF: ±10 for every estimator).
+    assert kl_estimate(logp, ref, "k1", clamp=10.0).tolist() == pytest.approx([10.0, -10.0, -5.0])
+    assert kl_estimate(logp, ref, "k3", clamp=10.0).tolist() == pytest.approx([10.0, 10.0, 10.0])
+    assert kl_estimate(logp, ref, "k2", clamp=10.0).tolist() == pytest.approx([10.0, 10.0, 10.0])
+    # `log_ratio_clamp` acts on ℓ before the estimator.
+    k3 = kl_estimate(logp, ref, "k3", log_ratio_clamp=10.0)
+    assert k3.tolist() == pytest.approx([9.0 + math.exp(-10.0), math.exp(10.0) - 11.0, math.exp(5.0) - 6.0], rel=1e-12)
+    # Both (verl's k3: input ±20, output ±10): ℓ = -5 gives exp(5) - 6 = 142.4 before the output clamp.
+    both = kl_estimate(logp, ref, "k3", clamp=10.0, log_ratio_clamp=20.0)
+    assert both.tolist() == pytest.approx([10.0, 10.0, 10.0])
+    for name in ("clamp", "log_ratio_clamp"):
+        with pytest.raises(ValueError, match=f"{name} must be positive"):
+            kl_estimate(logp, ref, "k1", **{name: 0.0})
 
 
 def test_masked_positions_are_zero_even_for_garbage() -> None:
@@ -141,7 +149,8 @@ def test_k3_is_non_negative_for_any_finite_input(logp: list[float], ref: list[fl
     logp_t = torch.tensor(logp, dtype=torch.float32)
     ref_t = torch.tensor(ref[: len(logp)], dtype=torch.float32)
     assert (kl_k3(logp_t, ref_t) >= 0).all()
-    assert (kl_estimate(logp_t, ref_t, "k3", clamp=20.0) >= 0).all()
+    assert (kl_estimate(logp_t, ref_t, "k3", log_ratio_clamp=20.0) >= 0).all()
+    assert (kl_estimate(logp_t, ref_t, "k3", clamp=10.0) >= 0).all()
 
 
 @FAST
@@ -160,10 +169,10 @@ def test_kl_estimate_ignores_masked_garbage(
 ) -> None:
     logp, mask, gen = random_batch(seed, batch, length, prefix_mask=prefix)
     ref = torch.randn(batch, length, generator=gen, dtype=torch.float64)
-    clean = kl_estimate(logp, ref, name, mask=mask, clamp=clamp)
+    clean = kl_estimate(logp, ref, name, mask=mask, clamp=clamp, log_ratio_clamp=clamp)
     dirty_logp, dirty_mask = append_garbage(fill_masked(logp, mask, garbage), mask, pad, garbage)
     dirty_ref, _ = append_garbage(fill_masked(ref, mask, -garbage), mask, pad, garbage)
-    dirty = kl_estimate(dirty_logp, dirty_ref, name, mask=dirty_mask, clamp=clamp)
+    dirty = kl_estimate(dirty_logp, dirty_ref, name, mask=dirty_mask, clamp=clamp, log_ratio_clamp=clamp)
     assert torch.equal(dirty[:, :length], clean)
     assert (dirty[:, length:] == 0).all() and (dirty[~dirty_mask] == 0).all()
 

@@ -101,23 +101,33 @@ def kl_estimate(
     estimator: str = "k1",
     mask: Tensor | None = None,
     clamp: float | None = None,
+    log_ratio_clamp: float | None = None,
 ) -> Tensor:
-    """Per-token KL estimate k(ℓ_t) with ℓ_t = log π - log π_ref, optionally ℓ_t clamped to [-clamp, clamp] first.
+    """Per-token KL estimate k(ℓ_t) with ℓ_t = log π - log π_ref, with two optional, independent clamps.
 
-    Estimators as in :data:`KL_ESTIMATORS` (Schulman 2020, Approximating KL Divergence). Clamping the log-ratio
-    (OpenRLHF clamps at 10, verl's k3 input at 20) bounds k3's exponential. Masked positions are exactly 0 and
-    never influence active ones.
+    - ``log_ratio_clamp``: ℓ_t is clamped to [-log_ratio_clamp, log_ratio_clamp] *before* the estimator, which bounds
+      k3's exponential (verl's k3 uses 20);
+    - ``clamp``: the estimate itself is clamped to [-clamp, clamp] *after* the estimator (OpenRLHF clamps every
+      estimator's output to ±10; verl clamps k3's output to ±10).
+
+    So ``kl_estimate(tensor([-5.]), tensor([0.]), "k3", clamp=10)`` is 10 (k3 = e⁵ - 6 ≈ 142.4 before the clamp),
+    and with ``log_ratio_clamp=2`` instead it is k3(-2) = e² - 3 ≈ 4.389. Estimators as in :data:`KL_ESTIMATORS`
+    (Schulman 2020, Approximating KL Divergence). Masked positions are exactly 0 and never influence active ones.
     """
     if estimator not in _LOG_RATIO_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}; valid names: {sorted(_LOG_RATIO_ESTIMATORS)}")
-    if clamp is not None and not clamp > 0:
-        raise ValueError(f"kl_estimate: clamp must be positive or None, got {clamp}")
+    for name, bound in (("clamp", clamp), ("log_ratio_clamp", log_ratio_clamp)):
+        if bound is not None and not bound > 0:
+            raise ValueError(f"kl_estimate: {name} must be positive or None, got {bound}")
     active = as_bool_mask(mask, logprobs)
     # Zero the log-ratio at masked positions before any nonlinearity: garbage there could overflow exp().
     log_ratio = torch.where(active, logprobs - ref_logprobs, 0.0)
+    if log_ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(min=-log_ratio_clamp, max=log_ratio_clamp)
+    estimate = _LOG_RATIO_ESTIMATORS[estimator](log_ratio)
     if clamp is not None:
-        log_ratio = log_ratio.clamp(min=-clamp, max=clamp)
-    return torch.where(active, _LOG_RATIO_ESTIMATORS[estimator](log_ratio), 0.0)
+        estimate = estimate.clamp(min=-clamp, max=clamp)
+    return torch.where(active, estimate, 0.0)
 
 
 def kl_token_penalty(kl: Tensor, mask: Tensor, coef: float) -> Tensor:

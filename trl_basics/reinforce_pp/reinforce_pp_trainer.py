@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..grpo_base import GRPOTrickTrainer
+from ..tricks.estimators import token_level_estimator
 from .reinforce_pp_config import ReinforcePlusPlusConfig
 
 
@@ -32,6 +33,12 @@ class ReinforcePlusPlusTrainer(GRPOTrickTrainer):
     def __init__(self, *args: Any, plugin_manager: Any = None, **kwargs: Any) -> None:
         self._init_parent(args, kwargs)  # beta stays 0: GRPO's own KL term in the loss stays off
         self._setup_tricks(plugin_manager)
+
+    def _setup_tricks(self, plugin_manager: Any = None) -> None:
+        super()._setup_tricks(plugin_manager)
+        # REINFORCE++ is defined per token (whitening over all active tokens, v1 Eq. 8 / v9 Eq. 7), so its estimator
+        # always gives (B, T) advantages, also when the KL is in the loss, in the sequence reward, or off.
+        self.trick_pipeline.estimator = token_level_estimator(self.trick_pipeline.estimator)
 
     def _default_estimator(self) -> str | None:
         return "group_mean" if self.args.baseline == "group" else "reinforce"

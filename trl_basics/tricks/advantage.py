@@ -12,7 +12,9 @@ from ..types import Rollout, Stage, Trick, TrickContext
 
 
 def _advantage_mask(rollout: Rollout) -> torch.Tensor | None:
-    """Token mask for (B, T) advantages; sequence-level (B,) advantages use every row (NaN rows are skipped)."""
+    """Token mask for (B, T) advantages, so every active token counts once; sequence-level (B,) advantages count
+    every row once (NaN rows are skipped). The estimator's level therefore decides the weighting: trainers defined
+    per token (REINFORCE++) ask for (B, T) advantages (``tricks.estimators.token_level_estimator``)."""
     advantages = rollout.advantages
     if advantages.dim() == 2 and rollout.completion_mask is not None:
         return rollout.completion_mask
@@ -20,12 +22,20 @@ def _advantage_mask(rollout: Rollout) -> torch.Tensor | None:
 
 
 class AdvantageWhitening(Trick):
-    """(A - μ)/σ over all active tokens of all processes (REINFORCE++ global advantage normalization, v9 Eq. 5)."""
+    """(A - μ)/σ over all active entries of all processes (REINFORCE++ global advantage normalization, v9 Eq. 5).
+
+    Token-level (B, T) advantages are whitened over all active tokens, token-weighted as in OpenRLHF and verl;
+    sequence-level (B,) advantages (RLOO, moving-average REINFORCE) over completions, one weight per completion.
+    Population variance, rsqrt(Var + 1e-8), one collective for the statistics.
+    """
 
     name = "advantage_whiten"
     stage = Stage.ADVANTAGE_TRANSFORM
     flag = "whiten_advantages"
-    summary = "Whiten advantages with mean and std over all active tokens of all processes (optionally only centre)."
+    summary = (
+        "Whiten advantages with mean and std over all active tokens (token-level advantages) or completions "
+        "(sequence-level ones) of all processes (optionally only centre)."
+    )
     source = "Hu 2025, REINFORCE++ Eq. 8 (v1) / Eq. 5 (v9); Zheng et al. 2023 Eq. 19"
 
     def __init__(self, args: Any = None, center_only: bool = False) -> None:

@@ -2,8 +2,12 @@
 
 Each estimator turns the (already transformed) scalar rewards into advantages for this process's rows. Baseline
 estimators give sequence-level advantages ``(B,)``; when KL shaping has put per-token terms into
-``rollout.dense_rewards``, the advantage becomes token-level ``(B, T)``: the baselined outcome reward is placed at
-the last token and the per-token rewards-to-go are added (γ = 1 by default; REINFORCE++ Eq. 7).
+``rollout.dense_rewards``, or when the trainer asks for token-level advantages (:func:`token_level_estimator`), the
+advantage becomes token-level ``(B, T)``: the baselined outcome reward is placed at the last token and the per-token
+rewards-to-go are added (γ = 1 by default; REINFORCE++ Eq. 7).
+
+The level decides how ``advantage_whiten`` weighs the advantages: every active entry counts once, so (B, T)
+advantages are whitened over tokens (REINFORCE++, OpenRLHF, verl) and (B,) advantages over sequences.
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ from ..types import AdvantageEstimator, Rollout, Trick, TrickContext
 
 
 class _BaselineEstimator(AdvantageEstimator):
-    """Shared tail: a scalar baseline-subtracted reward, made token-level only when per-token rewards exist."""
+    """Shared tail: a scalar baseline-subtracted reward, made token-level when per-token rewards exist or when the
+    estimator's ``level`` is ``"token"`` (set per instance by ``level=`` or :func:`token_level_estimator`)."""
 
-    def __init__(self, args: Any = None, gamma: float | None = None) -> None:
+    def __init__(self, args: Any = None, gamma: float | None = None, level: str | None = None) -> None:
         super().__init__(args)
         self.gamma = gamma if gamma is not None else getattr(args, "gamma", 1.0)
+        if level is not None:
+            if level not in ("sequence", "token"):
+                raise ValueError(f"{self.name}: level must be 'sequence' or 'token', got {level!r}")
+            self.level = level
 
     @classmethod
     def from_args(cls, args: Any, registry: Any = None, **kwargs: Any) -> Trick | None:
@@ -44,6 +53,26 @@ class _BaselineEstimator(AdvantageEstimator):
         if rollout.dense_rewards is not None or self.level == "token":
             advantages = token_level_returns(advantages, rollout, self.gamma)
         return rollout.replace(advantages=advantages)
+
+
+def token_level_estimator(estimator: AdvantageEstimator | None) -> AdvantageEstimator | None:
+    """Make ``estimator`` give token-level (B, T) advantages, for trainers whose algorithm is defined per token.
+
+    REINFORCE++ and REINFORCE++-baseline whiten over all active tokens (Hu 2025, v1 Eq. 8 / v9 Eq. 7; OpenRLHF and
+    verl do the same): a completion of n tokens must count n times, whatever the KL placement. A baseline estimator
+    is switched to ``level="token"`` (its scalar advantage spread as rewards-to-go, constant over the completion
+    when γ = 1 and no per-token reward exists); an estimator that is token-level already is returned unchanged.
+    """
+    if estimator is None or estimator.level == "token":
+        return estimator
+    if isinstance(estimator, _BaselineEstimator):
+        estimator.level = "token"
+        return estimator
+    raise ValueError(
+        f"advantage estimator {estimator.name!r} gives sequence-level (B,) advantages, but this trainer whitens "
+        "advantages per token and needs (B, T) ones. Give the estimator class level = 'token' and return (B, T) "
+        "advantages from apply, or use a built-in estimator."
+    )
 
 
 def token_level_returns(outcome: Tensor, rollout: Rollout, gamma: float) -> Tensor:

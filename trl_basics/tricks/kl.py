@@ -49,12 +49,14 @@ class KLShaping(Trick):
         target: float | None = None,
         horizon: int = 10000,
         clamp: float | None = None,
+        log_ratio_clamp: float | None = None,
     ) -> None:
         super().__init__(args)
         self.estimator_fn = estimator_fn
         self.estimator = estimator
         self.placement = placement
         self.clamp = clamp
+        self.log_ratio_clamp = log_ratio_clamp
         self.controller = (
             FixedKLController(coef) if target is None else AdaptiveKLController(coef, target=target, horizon=horizon)
         )
@@ -76,6 +78,7 @@ class KLShaping(Trick):
             target=args.kl_target,
             horizon=args.kl_horizon,
             clamp=args.kl_clamp,
+            log_ratio_clamp=getattr(args, "kl_clamp_log_ratio", None),
         )
 
     @property
@@ -83,10 +86,14 @@ class KLShaping(Trick):
         return float(self.controller.value)
 
     def per_token_kl(self, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
+        """KL_t from the estimator, with ℓ_t clamped to ±``log_ratio_clamp`` before it (verl's k3: 20) and the
+        estimate clamped to ±``clamp`` after it (OpenRLHF: 10 for every estimator; verl's k3: 10)."""
+        if self.log_ratio_clamp is not None:
+            logprobs = ref_logprobs + (logprobs - ref_logprobs).clamp(-self.log_ratio_clamp, self.log_ratio_clamp)
+        kl = self.estimator_fn(logprobs, ref_logprobs)
         if self.clamp is not None:
-            # Clamping the log-ratio keeps one wild token from dominating the penalty (OpenRLHF clamps to ±10).
-            logprobs = ref_logprobs + (logprobs - ref_logprobs).clamp(-self.clamp, self.clamp)
-        return self.estimator_fn(logprobs, ref_logprobs) * mask
+            kl = kl.clamp(-self.clamp, self.clamp)
+        return kl * mask
 
     def apply(self, rollout: Rollout, ctx: TrickContext) -> Rollout:
         if rollout.logprobs is None or rollout.ref_logprobs is None or rollout.completion_mask is None:
