@@ -21,8 +21,8 @@ VERL = "volcengine/verl@b178a3cd56f58b2d502255daba591e92833930a7"
 
 # OpenRLHF/OpenRLHF, openrlhf/models/utils.py, compute_approx_kl, @3c3be62.
 # ℓ = logp - logp_ref in float32; k1 = ℓ, k2 = ℓ²/2, k3 = e^{-ℓ} - 1 + ℓ; the *output* is clamped to [-10, 10].
-def openrlhf_approx_kl(logp: Tensor, ref: Tensor, estimator: str) -> Tensor:
-    ell = logp.float() - ref.float()
+def openrlhf_approx_kl(logp: Tensor, ref: Tensor, estimator: str, dtype=torch.float32) -> Tensor:
+    ell = logp.to(dtype) - ref.to(dtype)  # OpenRLHF works in float32; dtype=float64 compares the formula alone
     if estimator == "k1":
         value = ell
     elif estimator == "k2":
@@ -79,8 +79,8 @@ def openrlhf_gae(values: Tensor, rewards: Tensor, mask: Tensor, gamma: float, la
 # OpenRLHF/OpenRLHF, openrlhf/trainer/ppo_utils/experience_maker.py, compute_advantages_and_returns (the final
 # "normalize advantages across all experiences" block, used for gae / reinforce / reinforce_baseline), @3c3be62.
 # μ = Σ m·A / Σ m, Var = Σ m (A - μ)² / Σ m (population), A ← (A - μ) · max(Var, 1e-8)^{-1/2}.
-def openrlhf_whiten(advantages: Tensor, mask: Tensor, std_norm: bool = True) -> Tensor:
-    advantages = advantages.float()
+def openrlhf_whiten(advantages: Tensor, mask: Tensor, std_norm: bool = True, dtype=torch.float32) -> Tensor:
+    advantages = advantages.to(dtype)
     count = mask.sum()
     mean = (advantages * mask).sum() / count
     if not std_norm:
@@ -114,13 +114,15 @@ def openrlhf_advantages(
     kl_estimator: str = "k1",
     kl_use_loss: bool = False,
     clip_range=None,
+    dtype=torch.float32,
+    whiten: bool = True,
 ) -> Tensor:
-    kl = torch.zeros_like(logp.float()) if kl_use_loss else openrlhf_approx_kl(logp, ref, kl_estimator)
-    shaped = openrlhf_shape_rewards(rewards.reshape(-1, k), estimator).reshape(-1)
+    kl = torch.zeros_like(logp, dtype=dtype) if kl_use_loss else openrlhf_approx_kl(logp, ref, kl_estimator, dtype)
+    shaped = openrlhf_shape_rewards(rewards.to(dtype).reshape(-1, k), estimator).reshape(-1)
     token_rewards = openrlhf_token_rewards(shaped, kl_coef, kl, mask, clip_range)
     advantages = openrlhf_cumulative_returns(token_rewards, mask, 1.0)
-    if estimator in ("reinforce", "reinforce_baseline"):
-        advantages = openrlhf_whiten(advantages, mask)
+    if whiten and estimator in ("reinforce", "reinforce_baseline"):
+        advantages = openrlhf_whiten(advantages, mask, dtype=dtype)
     return advantages
 
 
@@ -223,13 +225,13 @@ def _groups(index: list[int]) -> dict[int, list[int]]:
 # volcengine/verl, verl/trainer/ppo/core_algos.py, compute_reinforce_plus_plus_baseline_outcome_advantage, @b178a3c.
 # s_i = Σ_t token_rewards_i; s_i ← s_i - mean of its group (a group of one keeps s_i: its mean is taken as 0);
 # A = whiten(s_i tiled over the response · mask) · mask.
-def verl_reinforce_pp_baseline(token_rewards: Tensor, mask: Tensor, index: list[int]) -> Tensor:
+def verl_reinforce_pp_baseline(token_rewards: Tensor, mask: Tensor, index: list[int]) -> tuple[Tensor, Tensor]:
     scores = token_rewards.sum(dim=-1).clone()
     for rows in _groups(index).values():
         mean = scores[rows].mean() if len(rows) > 1 else torch.zeros((), dtype=scores.dtype)
         scores[rows] = scores[rows] - mean
     tiled = scores.unsqueeze(-1) * mask
-    return verl_masked_whiten(tiled, mask) * mask
+    return verl_masked_whiten(tiled, mask) * mask, tiled
 
 
 # volcengine/verl, verl/trainer/ppo/core_algos.py, compute_rloo_outcome_advantage, @b178a3c.
