@@ -104,7 +104,7 @@ def random_batch(seed: int, k: int | None = None, holes: bool = False, length: i
     logp = -3.0 * torch.rand(rows, length, generator=gen, dtype=F64)
     ref_logp = logp + scale * torch.randn(rows, length, generator=gen, dtype=F64)
     values = torch.randn(rows, length, generator=gen, dtype=F64)
-    return dict(k=k, mask=mask, rewards=rewards, logp=logp, ref=ref_logp, values=values, gen=gen)
+    return {"k": k, "mask": mask, "rewards": rewards, "logp": logp, "ref": ref_logp, "values": values, "gen": gen}
 
 
 def rollout_of(b) -> Rollout:
@@ -128,7 +128,9 @@ def rloo_config(**flags) -> RLOOConfig:
 def rpp_pipeline(**flags) -> TrickPipeline:
     """As ReinforcePlusPlusTrainer._setup_tricks builds it."""
     config = rpp_config(**flags)
-    pipeline = TrickPipeline.from_args(config, default_estimator="group_mean" if config.baseline == "group" else "reinforce")
+    pipeline = TrickPipeline.from_args(
+        config, default_estimator="group_mean" if config.baseline == "group" else "reinforce"
+    )
     pipeline.estimator = token_level_estimator(pipeline.estimator)
     return pipeline
 
@@ -166,7 +168,7 @@ def as_verl(ours: torch.Tensor, raw: torch.Tensor, mask: torch.Tensor) -> torch.
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 def test_kl_estimators_with_clamps(estimator) -> None:
     openrlhf_trick = KLShaping.from_args(TrickArguments(kl_coef=0.1, kl_estimator=estimator, kl_clamp=10.0))
-    verl_flags = dict(kl_clamp=10.0, kl_clamp_log_ratio=20.0) if estimator == "k3" else {}
+    verl_flags = {"kl_clamp": 10.0, "kl_clamp_log_ratio": 20.0} if estimator == "k3" else {}
     verl_trick = KLShaping.from_args(TrickArguments(kl_coef=0.1, kl_estimator=estimator, **verl_flags))
     for seed in SEEDS:
         b = random_batch(seed)
@@ -315,7 +317,9 @@ def test_reinforce_pp_matches_verl_up_to_the_unbiased_variance() -> None:
         if mask.sum() < 2:  # verl refuses to whiten a single token
             continue
         out = rpp_pipeline().process(rollout_of(b), TrickContext())
-        token_rewards, _ = ref.verl_kl_reward(ref.verl_scores(b["rewards"], mask), b["logp"], b["ref"], mask, 0.01, "k1")
+        token_rewards, _ = ref.verl_kl_reward(
+            ref.verl_scores(b["rewards"], mask), b["logp"], b["ref"], mask, 0.01, "k1"
+        )
         peer, returns = ref.verl_reinforce_pp(token_rewards, mask, 1.0)
         ours_unbiased = masked_whiten(discounted_returns(token_rewards, mask), mask, unbiased=True)
         close("reinforce_pp_verl", on_active(ours_unbiased, mask), on_active(peer, mask), atol=1e-6, rtol=1e-6)
@@ -327,9 +331,9 @@ def test_reinforce_pp_matches_verl_up_to_the_unbiased_variance() -> None:
 @pytest.mark.parametrize(
     ("flags", "peer_kl"),
     [
-        (dict(baseline="group", kl_placement="loss", kl_estimator="k2"), "use_loss"),
-        (dict(baseline="group", kl_placement="token_reward", kl_estimator="k1", kl_clamp=10.0), "token"),
-        (dict(baseline="group", kl_coef=None), "none"),
+        ({"baseline": "group", "kl_placement": "loss", "kl_estimator": "k2"}, "use_loss"),
+        ({"baseline": "group", "kl_placement": "token_reward", "kl_estimator": "k1", "kl_clamp": 10.0}, "token"),
+        ({"baseline": "group", "kl_coef": None}, "none"),
     ],
     ids=["kl-loss", "kl-token-reward", "no-kl"],
 )
@@ -340,7 +344,7 @@ def test_reinforce_pp_baseline_matches_openrlhf(flags, peer_kl) -> None:
         mask = b["mask"]
         out = rpp_pipeline(**flags).process(rollout_of(b), TrickContext())
         args = ("reinforce_baseline", b["rewards"], k, b["logp"], b["ref"], mask)
-        kwargs = dict(kl_coef=0.01 if peer_kl == "token" else 0.0, kl_use_loss=peer_kl != "token", dtype=F64)
+        kwargs = {"kl_coef": 0.01 if peer_kl == "token" else 0.0, "kl_use_loss": peer_kl != "token", "dtype": F64}
         peer = ref.openrlhf_advantages(*args, **kwargs)
         raw = ref.openrlhf_advantages(*args, **kwargs, whiten=False)
         note("reinforce_pp_baseline_openrlhf_unadjusted", on_active(out.advantages, mask), on_active(peer, mask))
@@ -351,8 +355,8 @@ def test_reinforce_pp_baseline_matches_openrlhf(flags, peer_kl) -> None:
 @pytest.mark.parametrize(
     ("flags", "kl_in_score"),
     [
-        (dict(baseline="group", kl_placement="loss", kl_estimator="k2"), False),
-        (dict(baseline="group", kl_placement="sequence_reward", kl_estimator="k1"), True),
+        ({"baseline": "group", "kl_placement": "loss", "kl_estimator": "k2"}, False),
+        ({"baseline": "group", "kl_placement": "sequence_reward", "kl_estimator": "k1"}, True),
     ],
     ids=["kl-loss", "kl-sequence-reward"],
 )
@@ -379,7 +383,9 @@ def test_groups_of_one_are_an_accepted_difference() -> None:
         k, r, mask = b["k"], b["rewards"], b["mask"]
         index = [i // k for i in range(r.shape[0])]
         ours = group_mean_advantages(r, k)
-        close("group_mean_openrlhf", ours, ref.openrlhf_shape_rewards(r.reshape(-1, k), "reinforce_baseline").reshape(-1))
+        close(
+            "group_mean_openrlhf", ours, ref.openrlhf_shape_rewards(r.reshape(-1, k), "reinforce_baseline").reshape(-1)
+        )
         scores = ref.verl_scores(r, mask)
         verl_scalar = ref.verl_rloo(scores, mask, index)[:, 0]
         if k == 1:
@@ -388,7 +394,11 @@ def test_groups_of_one_are_an_accepted_difference() -> None:
                 rloo_advantages(r, k)
         else:
             close("rloo_verl", rloo_advantages(r, k), verl_scalar)
-            close("rloo_openrlhf", rloo_advantages(r, k), ref.openrlhf_shape_rewards(r.reshape(-1, k), "rloo").reshape(-1))
+            close(
+                "rloo_openrlhf",
+                rloo_advantages(r, k),
+                ref.openrlhf_shape_rewards(r.reshape(-1, k), "rloo").reshape(-1),
+            )
     with pytest.raises(ValueError, match="needs num_generations >= 2"):
         ReinforcePlusPlusConfig(output_dir="/tmp/unused", use_cpu=True, baseline="group", num_generations=1)
 
@@ -398,11 +408,13 @@ def test_rloo_pipeline_matches_openrlhf_with_token_kl_and_verl_with_sequence_kl(
         k = 2 + seed % 7
         b = random_batch(seed, k=k, holes=seed % 2 == 1)
         mask = b["mask"]
-        flags = dict(beta=0.0, kl_coef=0.05, kl_clamp=10.0)
+        flags = {"beta": 0.0, "kl_coef": 0.05, "kl_clamp": 10.0}
         out = rloo_pipeline(kl_placement="token_reward", **flags).process(rollout_of(b), TrickContext())
         peer = ref.openrlhf_advantages("rloo", b["rewards"], k, b["logp"], b["ref"], mask, kl_coef=0.05, dtype=F64)
         close("rloo_pipeline_openrlhf", on_active(out.advantages, mask), on_active(peer, mask))
-        out = rloo_pipeline(beta=0.0, kl_coef=0.05, kl_placement="sequence_reward").process(rollout_of(b), TrickContext())
+        out = rloo_pipeline(beta=0.0, kl_coef=0.05, kl_placement="sequence_reward").process(
+            rollout_of(b), TrickContext()
+        )
         scores, _ = ref.verl_kl_reward(ref.verl_scores(b["rewards"], mask), b["logp"], b["ref"], mask, 0.05, "k1")
         peer = ref.verl_rloo(scores, mask, [i // k for i in range(mask.shape[0])])
         assert out.advantages.dim() == 1  # sequence level: TRL's RLOO loss
@@ -433,7 +445,7 @@ def test_reward_clamp_order_is_an_accepted_difference() -> None:
         b["rewards"] = b["rewards"] * 4 - 2  # -2..2, clamp at ±1
         out = rpp_pipeline(kl_clamp=10.0, reward_clip=1.0).process(rollout_of(b), TrickContext())
         args = ("reinforce", b["rewards"], b["k"], b["logp"], b["ref"], mask)
-        kwargs = dict(kl_coef=0.01, clip_range=(-1.0, 1.0), dtype=F64)
+        kwargs = {"kl_coef": 0.01, "clip_range": (-1.0, 1.0), "dtype": F64}
         peer = ref.openrlhf_advantages(*args, **kwargs)
         raw = ref.openrlhf_advantages(*args, **kwargs, whiten=False)
         close("reward_clip_reinforce_openrlhf", on_active(as_openrlhf(out.advantages, raw, mask), mask),

@@ -70,10 +70,10 @@ def test_functional_token_weighted_whitening_of_the_repro() -> None:
 @pytest.mark.parametrize(
     "flags",
     [
-        dict(baseline="group", kl_placement="loss", kl_estimator="k2"),
-        dict(baseline="group", kl_placement="sequence_reward", kl_estimator="k1"),
-        dict(baseline="group", kl_coef=None),
-        dict(baseline="group", kl_placement="token_reward"),  # token-level already through the dense KL rewards
+        {"baseline": "group", "kl_placement": "loss", "kl_estimator": "k2"},
+        {"baseline": "group", "kl_placement": "sequence_reward", "kl_estimator": "k1"},
+        {"baseline": "group", "kl_coef": None},
+        {"baseline": "group", "kl_placement": "token_reward"},  # token-level already through the dense KL rewards
     ],
     ids=["kl-loss", "kl-sequence-reward", "no-kl", "kl-token-reward"],
 )
@@ -160,12 +160,12 @@ def kl_trick(**flags) -> KLShaping:
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        (dict(kl_estimator="k3"), math.exp(5.0) - 6.0),  # 142.41: no clamp
-        (dict(kl_estimator="k3", kl_clamp=10.0), 10.0),  # OpenRLHF: the estimate is clamped
-        (dict(kl_estimator="k3", kl_clamp_log_ratio=2.0), math.exp(2.0) - 3.0),  # ℓ clamped first
-        (dict(kl_estimator="k3", kl_clamp_log_ratio=20.0, kl_clamp=10.0), 10.0),  # verl's k3
-        (dict(kl_estimator="k1", kl_clamp=3.0), -3.0),
-        (dict(kl_estimator="k2", kl_clamp_log_ratio=1.0), 0.5),
+        ({"kl_estimator": "k3"}, math.exp(5.0) - 6.0),  # 142.41: no clamp
+        ({"kl_estimator": "k3", "kl_clamp": 10.0}, 10.0),  # OpenRLHF: the estimate is clamped
+        ({"kl_estimator": "k3", "kl_clamp_log_ratio": 2.0}, math.exp(2.0) - 3.0),  # ℓ clamped first
+        ({"kl_estimator": "k3", "kl_clamp_log_ratio": 20.0, "kl_clamp": 10.0}, 10.0),  # verl's k3
+        ({"kl_estimator": "k1", "kl_clamp": 3.0}, -3.0),
+        ({"kl_estimator": "k2", "kl_clamp_log_ratio": 1.0}, 0.5),
     ],
 )
 def test_kl_clamp_fields_act_where_their_names_say(flags, expected) -> None:
