@@ -26,9 +26,10 @@ relation instead of skipping the comparison):
   RLOO and REINFORCE++-baseline; OpenRLHF's group mean gives 0 (RLOO divides by zero); trl_basics' group mean gives
   0 and its RLOO refuses k < 2 (the config refuses ``baseline="group"`` with one generation).
 - HOLES: with interior holes in the mask (tool outputs), verl resets the return at every masked position and its
-  GAE skips masked positions (V and A carried over them); OpenRLHF's GAE sees masked V = 0 at holes; trl_basics
-  carries returns over holes (like OpenRLHF) and spends one discount factor per position. For right-padded masks
-  (every TRL completion without tools) all three agree.
+  GAE skips masked positions (V and A carried over them); OpenRLHF's GAE runs over the holes with V = r = 0 there;
+  trl_basics carries returns over holes (like OpenRLHF) and, in GAE, bootstraps from V = 0 before a hole and zeroes
+  δ at the hole, so GAE over holes differs from both peers. For right-padded masks (every TRL completion without
+  tools) all three agree.
 - KL_CONTROLLER_INPUT: the adaptive-β update is the same formula, but both peers feed it the batch mean of the
   per-sequence *token-mean* KL; trl_basics feeds the per-sequence *sum* (Ziegler et al. 2019, TRL's PPO), so the
   same ``kl_target`` means a KL per completion, not per token.
@@ -252,6 +253,17 @@ def test_gae() -> None:
         if mask.sum() > 1:  # verl refuses a single token
             ours = masked_whiten(adv, mask, unbiased=True)
             close("gae_whitened_verl", on_active(ours, mask), on_active(whitened, mask), atol=1e-7, rtol=1e-7)
+
+
+def test_gae_over_holes_is_an_accepted_difference() -> None:
+    """HOLES: mask [1, 0, 1], V = [0, 0, 1], r = 0, γ = λ = 1. trl_basics bootstraps from V = 0 at the hole and
+    carries A over it: A_0 = -1; OpenRLHF adds the hole's δ = V_2 and verl skips the hole: both give A_0 = 0."""
+    mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=F64)
+    values = torch.tensor([[0.0, 0.0, 1.0]], dtype=F64)
+    rewards = torch.zeros(1, 3, dtype=F64)
+    assert gae_advantages(rewards, values, mask, 1.0, 1.0)[0][0, 0].item() == -1.0
+    assert ref.openrlhf_gae(values, rewards, mask, 1.0, 1.0)[0][0, 0].item() == 0.0
+    assert ref.verl_gae(rewards, values, mask, 1.0, 1.0)[2][0, 0].item() == 0.0
 
 
 def test_gae_in_the_ppo_max_estimator() -> None:
