@@ -76,7 +76,8 @@ class TrickArguments:
         Moving-average baseline: `None` is the mean of all rewards seen so far (Back to Basics), a number in (0, 1)
         an exponential moving average with that decay.
     whiten_advantages (`bool`, *optional*, defaults to `False`):
-        Whiten advantages over all active tokens of all processes (REINFORCE++ global normalization).
+        Whiten advantages over all active entries of all processes (REINFORCE++ global normalization): over tokens
+        for token-level advantages (REINFORCE++ always), over completions for sequence-level ones (RLOO as in TRL).
     whiten_advantages_center_only (`bool`, *optional*, defaults to `False`):
         With `whiten_advantages`, subtract the mean but do not divide by the standard deviation.
     advantage_clip (`float` or `None`, *optional*, defaults to `None`):
@@ -164,7 +165,10 @@ class TrickArguments:
     )
     whiten_advantages: bool = field(
         default=False,
-        metadata={"help": "Whiten advantages over all active tokens of all processes (REINFORCE++)."},
+        metadata={
+            "help": "Whiten advantages over all active entries of all processes (REINFORCE++): tokens for "
+            "token-level advantages, completions for sequence-level ones."
+        },
     )
     whiten_advantages_center_only: bool = field(
         default=False, metadata={"help": "With whiten_advantages: only subtract the mean, do not rescale."}
