@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trl_basics import ReinforcePlusPlusConfig, ReinforcePlusPlusTrainer, TrickArguments
 from trl_basics.functional import group_mean_advantages, kl_estimate, masked_whiten
@@ -186,3 +188,54 @@ def test_the_docstring_example() -> None:
 def test_clamps_must_be_positive(name) -> None:
     with pytest.raises(ValueError, match=f"{name}=0.0 must be positive"):
         TrickArguments(kl_coef=0.1, **{name: 0.0})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.floats(-60, 60, allow_nan=False), min_size=1, max_size=12),
+    estimator=st.sampled_from(["k1", "k2", "k3"]),
+    clamp=st.one_of(st.none(), st.floats(0.01, 30)),
+    log_ratio_clamp=st.one_of(st.none(), st.floats(0.01, 30)),
+)
+def test_clamps_property(values, estimator, clamp, log_ratio_clamp) -> None:
+    """k_clamped = clip(k(clip(ℓ, ±log_ratio_clamp)), ±clamp), for any ℓ and any pair of clamps."""
+    ell = torch.tensor(values, dtype=torch.float64)
+    got = kl_estimate(ell, torch.zeros_like(ell), estimator, clamp=clamp, log_ratio_clamp=log_ratio_clamp)
+    inner = ell if log_ratio_clamp is None else ell.clamp(-log_ratio_clamp, log_ratio_clamp)
+    expected = kl_estimate(inner, torch.zeros_like(inner), estimator)
+    if clamp is not None:
+        expected = expected.clamp(-clamp, clamp)
+        assert (got.abs() <= clamp).all()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(2, 8),
+    prompts=st.integers(1, 3),
+    data=st.data(),
+    placement=st.sampled_from(["loss", "sequence_reward", None]),
+)
+def test_reinforce_pp_baseline_token_weighting_property(k, prompts, data, placement, tmp_path_factory) -> None:
+    """Any lengths (1..5) and tied or untied rewards: every active token of a row carries the same advantage, the
+    advantages have mean 0 and population variance Var/(Var + 1e-8) over active tokens, and they equal the
+    token-weighted whitening of the group-mean advantages."""
+    rows = k * prompts
+    lengths = data.draw(st.lists(st.integers(1, 5), min_size=rows, max_size=rows))
+    rewards = data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0]), min_size=rows, max_size=rows))
+    mask = torch.tensor([[1.0 if t < n else 0.0 for t in range(5)] for n in lengths], dtype=torch.float64)
+    flags = {"baseline": "group", "kl_coef": None} if placement is None else {
+        "baseline": "group", "kl_placement": placement, "kl_estimator": "k2"}  # fmt: skip
+    pipeline = rpp_pipeline(tmp_path_factory.mktemp("cfg"), **flags)
+    zeros = torch.zeros(rows, 5, dtype=torch.float64)
+    rollout = Rollout(rewards=torch.tensor(rewards, dtype=torch.float64), num_generations=k,
+                      process_slice=slice(0, rows), completion_mask=mask, logprobs=zeros, ref_logprobs=zeros)  # fmt: skip
+    out = pipeline.process(rollout, TrickContext()).advantages
+    per_row(out, mask)
+    scalar = group_mean_advantages(rollout.rewards, k)
+    torch.testing.assert_close(out, masked_whiten(scalar.unsqueeze(1) * mask, mask))
+    active = out[mask.bool()]
+    tiled = (scalar.unsqueeze(1) * mask)[mask.bool()]
+    var = tiled.var(unbiased=False)
+    assert abs(float(active.mean())) < 1e-9
+    assert float(active.var(unbiased=False)) == pytest.approx(float(var / (var + 1e-8)), abs=1e-9)
