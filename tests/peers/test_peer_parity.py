@@ -46,7 +46,7 @@ import math
 import pytest
 import torch
 
-from trl_basics import ReinforcePlusPlusConfig, RLOOConfig, TrickArguments
+from trl_basics import Registry, ReinforcePlusPlusConfig, RLOOConfig, TrickArguments, get_plugin_manager
 from trl_basics.functional import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -117,6 +117,12 @@ def rollout_of(b) -> Rollout:
 
 
 @functools.cache
+def registry() -> Registry:
+    """The built-in plugins, as a trainer sees them without third-party plugins installed."""
+    return Registry.from_plugin_manager(get_plugin_manager(autoload=False))
+
+
+@functools.cache
 def rpp_config(**flags) -> ReinforcePlusPlusConfig:
     return ReinforcePlusPlusConfig(output_dir="/tmp/unused", use_cpu=True, report_to="none", **flags)
 
@@ -130,7 +136,7 @@ def rpp_pipeline(**flags) -> TrickPipeline:
     """As ReinforcePlusPlusTrainer._setup_tricks builds it."""
     config = rpp_config(**flags)
     pipeline = TrickPipeline.from_args(
-        config, default_estimator="group_mean" if config.baseline == "group" else "reinforce"
+        config, registry(), default_estimator="group_mean" if config.baseline == "group" else "reinforce"
     )
     pipeline.estimator = token_level_estimator(pipeline.estimator)
     return pipeline
@@ -138,7 +144,7 @@ def rpp_pipeline(**flags) -> TrickPipeline:
 
 def rloo_pipeline(**flags) -> TrickPipeline:
     """As RLOOTrainer builds it once a trick flag is set (default estimator 'rloo')."""
-    return TrickPipeline.from_args(rloo_config(**flags), default_estimator="rloo")
+    return TrickPipeline.from_args(rloo_config(**flags), registry(), default_estimator="rloo")
 
 
 def on_active(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -268,11 +274,11 @@ def test_gae_over_holes_is_an_accepted_difference() -> None:
 
 def test_gae_in_the_ppo_max_estimator() -> None:
     """The pipeline's gae estimator as PPO-max configures it (γ = 1, λ from the config), token KL in the reward."""
+    args = TrickArguments(advantage_estimator="gae", gae_lambda=0.9, kl_coef=0.05, kl_clamp=10.0)
     for seed in SEEDS:
         b = random_batch(seed)
         mask = b["mask"]
-        args = TrickArguments(advantage_estimator="gae", gae_lambda=0.9, kl_coef=0.05, kl_clamp=10.0)
-        out = TrickPipeline.from_args(args).process(rollout_of(b), TrickContext())
+        out = TrickPipeline.from_args(args, registry()).process(rollout_of(b), TrickContext())
         kl = ref.openrlhf_approx_kl(b["logp"], b["ref"], "k1", dtype=F64)
         token_rewards = ref.openrlhf_token_rewards(b["rewards"], 0.05, kl, mask)
         peer_adv, peer_ret = ref.openrlhf_gae(b["values"], token_rewards, mask, 1.0, 0.9)
