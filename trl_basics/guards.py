@@ -282,10 +282,12 @@ def check_dataset(dataset: Any, name: str = "train_dataset") -> None:
         )
     if columns is None:
         return
+    # Only the prompt column is read (other columns may hold images that would be decoded for nothing).
+    source = dataset.select_columns(["prompt"]) if hasattr(dataset, "select_columns") else dataset
     first_kind: dict[str, int] = {}
     for start in range(0, min(rows, DATA_CHECK_ROWS), 1024):
         stop = min(start + 1024, rows, DATA_CHECK_ROWS)
-        prompts = dataset[start:stop]["prompt"]
+        prompts = source[start:stop]["prompt"]
         for offset, prompt in enumerate(prompts):
             index = start + offset
             kind = _prompt_kind(prompt, index, name)
