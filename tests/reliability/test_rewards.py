@@ -4,10 +4,13 @@ never absorb a non-finite value."""
 import functools
 import inspect
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import trl
+from accelerate import PartialState
 from trainer_helpers import cpu_kwargs, logged
 
 from trl_basics import LossInputs, RLOOConfig, RLOOTrainer, Rollout, TrickArguments, TrickContext, TrickPipeline
@@ -16,13 +19,21 @@ from trl_basics.functional.controllers import AdaptiveKLController
 from trl_basics.guards import GuardedRewardFunction, guard_reward_functions, guard_reward_tensor
 
 
-def trl_conversion(output, n):
-    """What TRL 1.16's `_calculate_rewards` does with a synchronous function's return value."""
-    values = [reward if reward is not None else torch.nan for reward in output]
-    assert len(values) == n
-    column = torch.zeros(n, 1)
-    column[:, 0] = torch.tensor(values, dtype=torch.float32)
-    return column[:, 0]
+def trl_rewards(output, n, trainer_cls=trl.GRPOTrainer):
+    """TRL 1.16's own `_calculate_rewards` on a function returning `output`: the column of rewards TRL stores."""
+    PartialState()  # TRL's warnings use accelerate's logger; every trainer creates this same singleton
+    host = SimpleNamespace(
+        accelerator=SimpleNamespace(device=torch.device("cpu"), is_main_process=True),
+        reward_funcs=[lambda **kwargs: output],
+        reward_processing_classes=[None],
+        reward_func_names=["f"],
+        state=SimpleNamespace(global_step=0),
+        args=SimpleNamespace(report_to=[]),
+        _log_completion_extra=None,
+        _log_metric=None,
+        environments=None,
+    )
+    return trainer_cls._calculate_rewards(host, [{"prompt": "p"}] * n, ["p"] * n, ["c"] * n, [[1]] * n)[:, 0]
 
 
 def call(output, n=3):
@@ -44,10 +55,11 @@ ACCEPTED = {
 }
 
 
+@pytest.mark.parametrize("trainer_cls", [trl.GRPOTrainer, trl.RLOOTrainer], ids=["grpo", "rloo"])
 @pytest.mark.parametrize("output", ACCEPTED.values(), ids=ACCEPTED.keys())
-def test_accepts_what_trl_accepts_with_the_same_values(output):
+def test_accepts_what_trl_accepts_with_the_same_values(output, trainer_cls):
     _, checked = call(output)
-    expected = trl_conversion(output, 3)
+    expected = trl_rewards(output, 3, trainer_cls)
     got = torch.tensor([math.nan if v is None else v for v in checked], dtype=torch.float32)
     torch.testing.assert_close(got, expected, equal_nan=True)
     assert all(v is None or type(v) is float for v in checked)
@@ -68,7 +80,7 @@ REFUSED = {
 @pytest.mark.parametrize(("output", "error", "message"), REFUSED.values(), ids=REFUSED.keys())
 def test_refuses_only_what_trl_fails_on_naming_the_function(output, error, message):
     with pytest.raises(Exception):  # noqa: B017 - TRL fails too, with whatever error its conversion raises
-        trl_conversion(output, 3)
+        trl_rewards(output, 3)
     with pytest.raises(error, match=message) as err:
         call(output)
     assert "reward function 'f'" in str(err.value)
@@ -151,7 +163,7 @@ def test_reward_model_infinities_become_unscorable_and_are_counted():
 def guarded_rewards(values):
     """Rewards as they reach the pipeline: through the guard, then TRL's float32 conversion."""
     _, checked = call(values, n=len(values))
-    return trl_conversion(checked, len(values)).double()
+    return trl_rewards(checked, len(values)).double()
 
 
 def stateful_pipelines():
