@@ -11,6 +11,8 @@ import pytest
 import torch
 import trl
 from accelerate import PartialState
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from trainer_helpers import cpu_kwargs, logged
 
 from trl_basics import LossInputs, RLOOConfig, RLOOTrainer, Rollout, TrickArguments, TrickContext, TrickPipeline
@@ -99,6 +101,18 @@ def test_finiteness_is_judged_in_float32(value, finite):
     else:
         assert checked == [0.0, None, 1.0]  # unscorable, as NaN and inf are
         assert guarded.pop_counts() == (1, 0)
+
+
+@settings(max_examples=100, deadline=None)
+@example(3.4028235677973366e38)  # the smallest double that rounds to inf in float32
+@example(3.4028235677973362e38)  # the largest that still rounds to float32's max
+@example(-(10**39))
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.integers(min_value=-(10**400), max_value=10**400))
+def test_a_reward_is_scorable_exactly_when_trl_stores_it_finite(value):
+    guarded, checked = call([value], n=1)
+    stored = trl_rewards([value], 1) if not isinstance(value, int) or abs(value) < 2**1000 else torch.tensor([math.inf])
+    assert (checked[0] is not None) == bool(torch.isfinite(stored[0]))
+    assert guarded.pop_counts() == (0 if checked[0] is not None else 1, 0)
 
 
 def test_keeps_trls_calling_convention_environment_rewards_included():
