@@ -267,3 +267,29 @@ def test_a_1e39_reward_in_a_real_run_is_counted_and_running_norm_stays_finite(tm
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert all(math.isfinite(v) and v != 0.0 for v in logged(trainer, "advantages/std"))
+
+
+def test_an_overflowing_reward_model_is_counted_and_never_reaches_the_weights(tmp_path, tiny_model_dir, dataset):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trl_basics.kit.model import save_tiny_reward_model
+
+    path = save_tiny_reward_model(tmp_path / "rm")
+    reward_model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    with torch.no_grad():  # every score overflows (a float16 head, say): +inf
+        reward_model.score.weight.fill_(math.inf)
+    config = RLOOConfig(**cpu_kwargs(tmp_path / "out", reward_norm="running"))
+    trainer = RLOOTrainer(
+        model=tiny_model_dir,
+        reward_funcs=[reward_model, lambda prompts, completions, **kw: [float(len(c)) for c in completions]],
+        reward_processing_classes=[AutoTokenizer.from_pretrained(path), None],
+        args=config,
+        train_dataset=dataset,
+    )
+    trainer.train()
+    name = trainer.reward_func_names[0]
+    assert logged(trainer, f"reward_guard/{name}/nonfinite") == [8.0, 8.0]
+    moments = trainer.trick_pipeline.state_dict()["reward_norm"]["moments"]
+    assert moments["count"] == 16.0 and math.isfinite(moments["mean"]) and math.isfinite(moments["m2"])
+    assert logged(trainer, "guard/skipped_steps") == []
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
