@@ -15,6 +15,7 @@ above. The order never depends on pluggy's registration order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,44 @@ BUILTIN_ORDER: tuple[str, ...] = (
     "advantage_clip",
     "entropy_bonus",
 )
+
+
+class TrickError(RuntimeError):
+    """A trick's ``apply`` or ``loss`` raised: names the trick, its stage and its class; the original is chained.
+
+    Raised as a subclass of the original exception's type as well where Python allows it, so ``except ValueError``
+    around a run still catches a trick's ``ValueError``.
+    """
+
+    trick_name: str
+    stage: Stage | None
+    method: str
+
+
+@functools.cache
+def _trick_error_type(error_type: type[Exception]) -> type[TrickError]:
+    if issubclass(error_type, TrickError):
+        return error_type
+    try:
+        return type("TrickError", (TrickError, error_type), {"__module__": __name__})
+    except TypeError:  # incompatible layouts (e.g. OSError): the plain TrickError still names the trick
+        return TrickError
+
+
+def trick_error(trick: Trick, method: str, error: Exception) -> TrickError:
+    """The exception re-raised (``from error``) when ``trick.<method>`` raised ``error``."""
+    name = getattr(trick, "name", type(trick).__name__)
+    stage = Stage.LOSS if method == "loss" else getattr(trick, "stage", None)
+    message = (
+        f"trick {name!r} (stage {getattr(stage, 'value', stage)}, {type(trick).__module__}.{type(trick).__qualname__}) "
+        f"raised {type(error).__name__} in {method}(): {error}. Fix the trick or its options, or switch it off."
+    )
+    try:
+        wrapped = _trick_error_type(type(error))(message)
+    except Exception:  # noqa: BLE001 - an exception type whose constructor needs more than a message
+        wrapped = TrickError(message)
+    wrapped.trick_name, wrapped.stage, wrapped.method = name, stage, method
+    return wrapped
 
 
 class TrickPipeline:
@@ -82,7 +121,10 @@ class TrickPipeline:
         return [trick for trick in self.tricks if trick.stage is stage]
 
     def _run(self, trick: Trick, rollout: Rollout, ctx: TrickContext) -> Rollout:
-        return trick.apply(rollout, ctx.scoped(f"tricks/{trick.name}"))
+        try:
+            return trick.apply(rollout, ctx.scoped(f"tricks/{trick.name}"))
+        except Exception as err:
+            raise trick_error(trick, "apply", err) from err
 
     def process(self, rollout: Rollout, ctx: TrickContext) -> Rollout:
         """Stages 1-4 and 6 for one generation round: rewards → KL → advantages → advantage transforms → metrics.
@@ -106,7 +148,10 @@ class TrickPipeline:
         """Stage 5: the sum of every active trick's extra loss term, or ``None`` if no trick adds one."""
         total = None
         for trick in self.tricks:
-            term = trick.loss(inputs, ctx.scoped(f"tricks/{trick.name}"))
+            try:
+                term = trick.loss(inputs, ctx.scoped(f"tricks/{trick.name}"))
+            except Exception as err:
+                raise trick_error(trick, "loss", err) from err
             if term is not None:
                 ctx.log(f"tricks/{trick.name}/loss", float(term.detach()))
                 total = term if total is None else total + term

@@ -27,10 +27,12 @@ from .config import TrickArguments
 from .guards import (
     GuardedRewardFunction,
     NonFiniteGradientGuard,
+    check_dataset,
     check_padding,
     check_prompt_lengths,
     check_reward_sources,
     guard_reward_functions,
+    guard_reward_tensor,
 )
 from .pipeline import TrickPipeline
 from .plugins import Registry, get_plugin_manager
@@ -59,6 +61,8 @@ def bind_trainer_arguments(parent_init, args: tuple, kwargs: dict) -> dict[str, 
     arguments = dict(bound.arguments)
     arguments.pop(next(iter(arguments)))  # `self`
     check_reward_sources(arguments.get("reward_funcs"))
+    check_dataset(arguments.get("train_dataset"), "train_dataset")  # before any model is loaded
+    check_dataset(arguments.get("eval_dataset"), "eval_dataset")
     return arguments
 
 
@@ -215,19 +219,20 @@ class TrickTrainerMixin:
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards_per_func = rewards_per_func
-        self._log_reward_guards()
+        self._log_reward_guards(rewards_per_func)
         return rewards_per_func
 
-    def _log_reward_guards(self) -> None:
-        guarded = [f for f in self.reward_funcs if isinstance(f, GuardedRewardFunction)]
-        if not guarded:
-            return
-        counts = torch.tensor([f.pop_counts() for f in guarded], dtype=torch.float32, device=self.accelerator.device)
-        totals = self.accelerator.reduce(counts, reduction="sum")
+    def _log_reward_guards(self, rewards_per_func: torch.Tensor) -> None:
+        """Count unscorable rewards per source; ±inf from a reward model or async function becomes NaN here."""
+        # The tensor is gathered, so its counts are global already; the checked functions count locally.
+        tensor_counts = guard_reward_tensor(rewards_per_func, self.reward_funcs)
+        local = [f.pop_counts() if isinstance(f, GuardedRewardFunction) else (0, 0) for f in self.reward_funcs]
+        counts = torch.tensor(local, dtype=torch.float32, device=self.accelerator.device).reshape(-1, 2)
+        totals = self.accelerator.reduce(counts, reduction="sum").tolist()
         mode = "train" if self.model.training else "eval"
-        for function, (nonfinite, unscored) in zip(guarded, totals.tolist(), strict=True):
-            self._metrics[mode][f"reward_guard/{function.__name__}/nonfinite"].append(nonfinite)
-            self._metrics[mode][f"reward_guard/{function.__name__}/none"].append(unscored)
+        for name, (nonfinite, unscored), extra in zip(self.reward_func_names, totals, tensor_counts, strict=True):
+            self._metrics[mode][f"reward_guard/{name}/nonfinite"].append(nonfinite + extra)
+            self._metrics[mode][f"reward_guard/{name}/none"].append(unscored)
 
     def _scalar_rewards(self) -> torch.Tensor:
         """The gathered scalar reward per completion, exactly as TRL forms it: weighted nansum, NaN if unscorable."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from torch import Tensor
@@ -56,6 +57,8 @@ class AdaptiveKLController:
         """Adjust β from the KL measured over the last ``n_steps`` samples (or steps); returns the new β."""
         if n_steps < 0:
             raise ValueError(f"AdaptiveKLController: n_steps must be >= 0, got {n_steps}")
+        if not math.isfinite(float(current_kl)):
+            return self.value  # a NaN or infinite KL measurement says nothing; β must never absorb it
         proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
         return self.value

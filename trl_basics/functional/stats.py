@@ -38,6 +38,11 @@ def _global_sums(x: Tensor, mask: Tensor | None, reduce_fn: ReduceFn | None) -> 
     return count, total, total_sq
 
 
+def _finite_mask(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Active entries that are also finite: what a running statistic may absorb (an inf would poison it for good)."""
+    return as_bool_mask(mask, x) & torch.isfinite(x)
+
+
 def _moments_from_sums(count: Tensor, total: Tensor, total_sq: Tensor, ddof: int) -> tuple[Tensor, Tensor]:
     """(mean, var) from power sums; degenerate counts give 0 instead of NaN so downstream maths stays finite."""
     mean = total / count.clamp(min=1.0)
@@ -170,7 +175,7 @@ class RunningMoments:
     Each batch's global moments (n_b, μ_b, M2_b) are merged with the parallel formula of Chan et al. (1979):
     δ = μ_b - μ, n' = n + n_b, μ' = μ + δ·n_b/n', M2' = M2 + M2_b + δ²·n·n_b/n'. The result equals the moments of
     the concatenation of all batches. With ``reduce_fn`` every process merges the same global batch moments, so all
-    processes hold identical state. NaN entries are ignored. Before any data, mean = 0 and var = std = 1 (a neutral
+    processes hold identical state. NaN and ±inf entries are ignored, so the state never turns non-finite. Before any data, mean = 0 and var = std = 1 (a neutral
     scale, as MOSS-RLHF initialises it); with a single value, var = 0.
     """
 
@@ -183,13 +188,13 @@ class RunningMoments:
     def update(
         self, x: Tensor, mask: Tensor | None = None, reduce_fn: ReduceFn | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Merge the global batch ``x`` (active, non-NaN entries) into the running moments.
+        """Merge the global batch ``x`` (active, finite entries) into the running moments.
 
         Returns:
             The batch's global (mean, std), std unbiased, as 0-d tensors in ``x``'s floating dtype (0 for an empty
             batch, which leaves the state unchanged).
         """
-        count_t, total, total_sq = _global_sums(x, mask, reduce_fn)
+        count_t, total, total_sq = _global_sums(x, _finite_mask(x, mask), reduce_fn)
         batch_mean_t, batch_var_t = _moments_from_sums(count_t, total, total_sq, ddof=1)
         out_dtype = float_dtype(x)
         batch_out = (batch_mean_t.to(out_dtype), batch_var_t.sqrt().to(out_dtype))
@@ -200,9 +205,11 @@ class RunningMoments:
         batch_m2 = float(batch_var_t) * max(batch_count - 1.0, 1.0)
         new_count = self._count + batch_count
         delta = batch_mean - self._mean
-        self._mean += delta * batch_count / new_count
-        self._m2 += batch_m2 + delta * delta * self._count * batch_count / new_count
-        self._count = new_count
+        new_mean = self._mean + delta * batch_count / new_count
+        new_m2 = self._m2 + batch_m2 + delta * delta * self._count * batch_count / new_count
+        if not (math.isfinite(new_mean) and math.isfinite(new_m2)):
+            return batch_out  # cannot happen with finite float32 inputs; the state is never allowed to turn NaN
+        self._mean, self._m2, self._count = new_mean, new_m2, new_count
         return batch_out
 
     @property
@@ -249,7 +256,7 @@ class MovingAverageBaseline:
 
     ``decay=None``: b is the cumulative mean of every reward seen so far (the paper's running mean of training
     rewards). ``decay`` in (0, 1): exponential moving average b <- decay·b + (1 - decay)·mean_batch(r), started at
-    the first batch mean. Batch means are global over processes (via ``reduce_fn``) and ignore NaN rewards.
+    the first batch mean. Batch means are global over processes (via ``reduce_fn``) and ignore NaN and ±inf rewards.
 
     Usage: ``b = baseline.baseline_for(r, reduce_fn)``, advantages ``r - b``, THEN ``baseline.update(r, reduce_fn)``
     so a batch is never its own baseline (except for the first batch, which has no earlier baseline).
@@ -278,16 +285,16 @@ class MovingAverageBaseline:
         out_dtype = float_dtype(rewards)
         if self._value is not None:
             return torch.tensor(self._value, dtype=out_dtype, device=rewards.device)
-        count, total, _ = _global_sums(rewards, None, reduce_fn)
+        count, total, _ = _global_sums(rewards, _finite_mask(rewards, None), reduce_fn)
         return (total / count.clamp(min=1.0)).to(out_dtype)
 
     @torch.no_grad()
     def update(self, rewards: Tensor, reduce_fn: ReduceFn | None = None) -> Tensor:
-        """Fold the global batch mean of ``rewards`` (NaN ignored) into the baseline; returns that batch mean.
+        """Fold the global batch mean of ``rewards`` (NaN and ±inf ignored) into the baseline; returns that batch mean.
 
         An empty (or all-NaN) batch leaves the baseline unchanged.
         """
-        count_t, total, _ = _global_sums(rewards, None, reduce_fn)
+        count_t, total, _ = _global_sums(rewards, _finite_mask(rewards, None), reduce_fn)
         batch_mean_t = total / count_t.clamp(min=1.0)
         batch_count = float(count_t)
         if batch_count > 0:

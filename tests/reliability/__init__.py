@@ -1,0 +1,1 @@
+"""Every bad input gets one clear answer: rewards, data and plugins."""
