@@ -1,5 +1,7 @@
 """Models and data the TRL feature-path scenarios share: saved once per session, built from configs (no download)."""
 
+import gc
+
 import pytest
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
@@ -8,6 +10,20 @@ from trainer_helpers import cpu_kwargs, logged
 from trl_basics.kit.tokenizer import build_tokenizer
 
 __all__ = ["cpu_kwargs", "logged"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def frozen_import_graph():
+    """Keep the objects alive at module start out of the garbage collector's reach while the module runs.
+
+    Every ``trainer.train()`` ends in accelerate's ``free_memory``, which runs ``gc.collect()``; with torch and
+    transformers imported each full collection walks millions of objects (about a second here). Frozen objects are
+    skipped; everything the tests create is still collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

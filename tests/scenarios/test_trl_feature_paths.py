@@ -240,6 +240,7 @@ def test_peft_lora(trainer_id, setting, tmp_path, tiny_model_dir, task, dataset)
         task,
         dataset,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        eval_dataset=task.make_dataset(8, seed=1),
     )
     assert trainer.ref_model is None
     base = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
@@ -250,6 +251,9 @@ def test_peft_lora(trainer_id, setting, tmp_path, tiny_model_dir, task, dataset)
     assert_trained(trainer, setting, {n: p for n, p in before.items() if "lora_B" in n})
     for name, value in base.items():
         assert torch.equal(value, trainer.model.get_parameter(name)), f"base parameter {name} changed"
+    if setting == "tricks":
+        # Evaluation's KL term reads the reference through the disabled adapter: positive once the adapter moved.
+        assert trainer.evaluate()[f"eval_{KL_LOSS_KEY}"] > 1e-9
 
 
 # --- reference model sync, truncated completions ----------------------------------------------------------------------
@@ -324,3 +328,56 @@ def test_loss_type(trainer_id, loss_type, tmp_path, tiny_model_dir, task, datase
     before = snapshot(trainer)
     trainer.train()
     assert_trained(trainer, "tricks", before)
+
+
+# --- GRPO options on REINFORCE++ ----------------------------------------------------------------------------------
+
+# GRPO options a plain GRPO pipeline may carry into REINFORCE++: TRL's KL coefficient, reward scaling, GDPO's
+# per-function normalization, the vespo loss and the off-policy mask. ReinforcePlusPlusConfig refuses them at present;
+# set GRPO_OPTIONS_ACCEPTED = True when it accepts them, and every case below runs with and without the trick set.
+GRPO_OPTIONS_ACCEPTED = False
+GRPO_OPTIONS = {
+    "beta": {"beta": 0.04, "kl_coef": None},
+    "scale_rewards_group": {"scale_rewards": "group"},
+    "scale_rewards_batch": {"scale_rewards": "batch"},
+    "normalize_then_sum": {"multi_objective_aggregation": "normalize_then_sum"},
+    "vespo": {"loss_type": "vespo"},
+    # Off-policy from the second step on: two optimisation passes over each generation round.
+    "off_policy_mask": {"off_policy_mask_threshold": 0.5, "num_iterations": 2, "max_steps": 2},
+}
+GRPO_OPTIONS_ENABLED_ELSEWHERE = [
+    (trainer_id, setting, option)
+    for trainer_id in ("reinforce_pp", "reinforce_pp_baseline")
+    for setting in SETTINGS
+    for option in GRPO_OPTIONS
+]
+
+
+def grpo_option_case(trainer_id, setting, option, tmp_path, tiny_model_dir, task, dataset):
+    """TRL's GRPO option tests (test_train_beta_non_zero, test_train_scale_rewards, ...) with REINFORCE++."""
+    overrides = dict(GRPO_OPTIONS[option])  # with the trick set, beta stands in for its kl_coef
+    trainer = make_trainer(
+        trainer_id,
+        setting,
+        tmp_path,
+        tiny_model_dir,
+        task,
+        dataset,
+        config_overrides=overrides,
+        eval_dataset=task.make_dataset(8, seed=1),
+    )
+    before = snapshot(trainer)
+    trainer.train()
+    assert_trained(trainer, setting, before)
+    assert math.isfinite(trainer.evaluate()["eval_loss"])
+
+
+if GRPO_OPTIONS_ACCEPTED:
+
+    @pytest.mark.parametrize(
+        ("trainer_id", "setting", "option"),
+        GRPO_OPTIONS_ENABLED_ELSEWHERE,
+        ids=["-".join(case) for case in GRPO_OPTIONS_ENABLED_ELSEWHERE],
+    )
+    def test_grpo_option_on_reinforce_pp(trainer_id, setting, option, tmp_path, tiny_model_dir, task, dataset):
+        grpo_option_case(trainer_id, setting, option, tmp_path, tiny_model_dir, task, dataset)
