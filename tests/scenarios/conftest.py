@@ -4,9 +4,9 @@ import gc
 
 import pytest
 import torch
+from trainer_helpers import cpu_kwargs, logged
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-from trainer_helpers import cpu_kwargs, logged
 from trl_basics.kit.tokenizer import build_tokenizer
 
 __all__ = ["cpu_kwargs", "logged"]

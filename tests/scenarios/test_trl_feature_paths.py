@@ -82,7 +82,9 @@ def make_config(trainer_id, setting, output_dir, **overrides):
 def make_trainer(trainer_id, setting, output_dir, model, task, dataset, config_overrides=None, **trainer_kwargs):
     trainer_cls = TRAINERS[trainer_id][0]
     config = make_config(trainer_id, setting, output_dir, **(config_overrides or {}))
-    return trainer_cls(model=model, reward_funcs=task.reward_func, args=config, train_dataset=dataset, **trainer_kwargs)
+    return trainer_cls(
+        model=model, reward_funcs=task.reward_func, args=config, train_dataset=dataset, **trainer_kwargs
+    )
 
 
 def snapshot(trainer):
@@ -132,7 +134,12 @@ def test_eval_during_training(trainer_id, setting, tmp_path, tiny_model_dir, tas
         tiny_model_dir,
         task,
         dataset,
-        config_overrides=dict(eval_strategy="steps", eval_steps=1, eval_on_start=True, per_device_eval_batch_size=8),
+        config_overrides={
+            "eval_strategy": "steps",
+            "eval_steps": 1,
+            "eval_on_start": True,
+            "per_device_eval_batch_size": 8,
+        },
         eval_dataset=task.make_dataset(8, seed=1),
     )
     before = snapshot(trainer)
@@ -157,7 +164,7 @@ def test_evaluate(trainer_id, setting, tmp_path, tiny_model_dir, task, dataset):
         tiny_model_dir,
         task,
         dataset,
-        config_overrides=dict(per_device_eval_batch_size=8),
+        config_overrides={"per_device_eval_batch_size": 8},
         eval_dataset={"a": task.make_dataset(8, seed=1), "b": task.make_dataset(8, seed=2)},
     )
     metrics = trainer.evaluate()
@@ -220,7 +227,7 @@ def test_moe_model(trainer_id, setting, tmp_path, moe_model_dir, kit_tokenizer, 
     assert trainer.aux_loss_enabled
     before = snapshot(trainer)
     trainer.train()
-    logs = assert_trained(trainer, "defaults" if setting == "token_kl" else setting, before)
+    assert_trained(trainer, "defaults" if setting == "token_kl" else setting, before)
     if setting == "token_kl":
         assert trainer.trick_pipeline.names[:2] == ["kl_shaping", "rloo" if trainer_id == "rloo" else "moving_average"]
     aux = logged(trainer, "aux_loss")
@@ -269,7 +276,7 @@ def test_sync_ref_model(trainer_id, setting, tmp_path, tiny_model_dir, task, dat
         tiny_model_dir,
         task,
         dataset,
-        config_overrides=dict(sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=0.5),
+        config_overrides={"sync_ref_model": True, "ref_model_sync_steps": 1, "ref_model_mixup_alpha": 0.5},
     )
     assert trainer.ref_model is not None
     ref_before = {n: p.detach().clone() for n, p in trainer.ref_model.named_parameters()}
@@ -285,7 +292,9 @@ def test_sync_ref_model(trainer_id, setting, tmp_path, tiny_model_dir, task, dat
 
 
 @pytest.mark.parametrize(("trainer_id", "setting"), MATRIX, ids=MATRIX_IDS)
-def test_mask_truncated_completions_all_masked(trainer_id, setting, tmp_path, tiny_model_dir, kit_tokenizer, task, dataset):
+def test_mask_truncated_completions_all_masked(
+    trainer_id, setting, tmp_path, tiny_model_dir, kit_tokenizer, task, dataset
+):
     """TRL test_train_with_mask_truncated_completions_all_masked: no completion ends, so none may move the policy.
 
     EOS and pad are suppressed in sampling, so every completion hits ``max_completion_length`` and is masked out; with
@@ -299,7 +308,7 @@ def test_mask_truncated_completions_all_masked(trainer_id, setting, tmp_path, ti
         tiny_model_dir,
         task,
         dataset,
-        config_overrides=dict(mask_truncated_completions=True, generation_kwargs={"suppress_tokens": suppress}),
+        config_overrides={"mask_truncated_completions": True, "generation_kwargs": {"suppress_tokens": suppress}},
     )
     before = snapshot(trainer)
     trainer.train()
@@ -322,7 +331,7 @@ LOSS_CASES = [(t, loss) for t in ("reinforce_pp_baseline", "ppo_max") for loss i
 def test_loss_type(trainer_id, loss_type, tmp_path, tiny_model_dir, task, dataset):
     """TRL test_train_loss_types, with the trick set on: token-level advantages under every aggregation."""
     trainer = make_trainer(
-        trainer_id, "tricks", tmp_path, tiny_model_dir, task, dataset, config_overrides=dict(loss_type=loss_type)
+        trainer_id, "tricks", tmp_path, tiny_model_dir, task, dataset, config_overrides={"loss_type": loss_type}
     )
     assert trainer.loss_type == loss_type
     before = snapshot(trainer)
