@@ -263,6 +263,34 @@ def test_peft_lora(trainer_id, setting, tmp_path, tiny_model_dir, task, dataset)
         assert trainer.evaluate()[f"eval_{KL_LOSS_KEY}"] > 1e-9
 
 
+VLM_CASES = [(t, s) for t, s in MATRIX if t != "ppo_max"]
+
+
+@pytest.mark.parametrize(("trainer_id", "setting"), VLM_CASES, ids=[f"{t}-{s}" for t, s in VLM_CASES])
+def test_vision_language_model(trainer_id, setting, tmp_path, vlm_model_dir, image_dataset, task):
+    """TRL test_train_vlm: image + text prompts; pixel values reach every forward (policy, reference, evaluation)."""
+    trainer = make_trainer(
+        trainer_id,
+        setting,
+        tmp_path,
+        vlm_model_dir,
+        task,
+        image_dataset,
+        config_overrides={"per_device_eval_batch_size": 8},
+        eval_dataset=image_dataset.select(range(8)),
+    )
+    before = snapshot(trainer)
+    # The vision features are read before CLIP's final layer norm, so that norm never gets a gradient.
+    before = {n: p for n, p in before.items() if "post_layernorm" not in n}
+    assert any("vision_tower" in n for n in before) and any("multi_modal_projector" in n for n in before)
+    trainer.train()
+    assert_trained(trainer, setting, before)  # the image path reached the gradient: tower and projector moved
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"])
+    if setting == "tricks":
+        assert metrics[f"eval_{KL_LOSS_KEY}"] > 1e-9
+
+
 # --- reference model sync, truncated completions ----------------------------------------------------------------------
 
 
