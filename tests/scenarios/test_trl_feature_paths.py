@@ -6,6 +6,19 @@ for the others their presets) and a representative trick set (running reward nor
 the loss, global whitening, advantage clipping, an entropy bonus). Every case trains one step on a tiny model and
 checks what the feature promises: parameters moved (or, with every completion truncated and masked, did not), the
 loss is finite, and the metrics the feature and the tricks log are there, in training and in evaluation.
+
+TRL scenarios not run here, and why:
+- tools, ``environment_factory``, environment-owned rewards/data: TRL parses tool calls with a response template it
+  knows only for real chat templates (Qwen, Llama 3, GPT-OSS, ...) and byte-level vocabularies that can spell JSON; the
+  kit's word-level tokenizer and chat template have neither, and TRL's own tests drive them with a patched
+  ``generate`` emitting Qwen token ids.
+- vLLM (generation, importance-sampling correction, structured outputs), Liger kernels, continuous batching: not
+  installed or GPU-only.
+- PPO-max with a vision-language model: its critic is an ``AutoModelForTokenClassification``, which has no
+  vision-language class.
+- the GRPO-only options REINFORCE++ does not accept yet (``GRPO_OPTIONS`` below, behind ``GRPO_OPTIONS_ACCEPTED``).
+- hub-specific cases (``trust_remote_code``, reward models by hub id, iterable datasets and dataloader workers, the
+  entropy-mask and off-policy-mask unit tests of TRL's helpers): they test TRL itself, not a path a subclass changes.
 """
 
 from __future__ import annotations
