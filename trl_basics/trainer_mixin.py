@@ -17,7 +17,7 @@ import dataclasses
 import inspect
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import torch
@@ -245,10 +245,10 @@ class TrickTrainerMixin:
     # --- generation round ---------------------------------------------------------------------------------------
 
     def _generate_and_score_completions(self, inputs):
-        if not self.tricks_active or not self.model.training:
-            # No trick: the parent's advantages stand unchanged. In evaluation the pipeline is not stepped, so
-            # running statistics and baselines only ever see training rewards.
-            return super()._generate_and_score_completions(inputs)
+        if not self.tricks_active:
+            return super()._generate_and_score_completions(inputs)  # no trick: the parent's advantages stand
+        if not self.model.training:
+            return self._generate_and_score_for_eval(inputs)
         with self._generation_beta(), self._recording_logps() as recorded:
             out = super()._generate_and_score_completions(inputs)
         rollout = self._build_rollout(out, recorded)
@@ -259,6 +259,43 @@ class TrickTrainerMixin:
         self._store_rollout_extras(out, rollout)
         self._log_rollout(rollout, raw_rewards, ctx)
         return out
+
+    def _generate_and_score_for_eval(self, inputs):
+        """An evaluation round: the parent's advantages, plus what the loss-stage tricks read.
+
+        The pipeline is not stepped in evaluation, so running statistics, baselines and the KL controller only ever
+        see training rewards. The loss stage still runs on the evaluation batch: with ``kl_placement="loss"`` the
+        reference log-probs are computed here, so the evaluation loss holds the same KL term as the training loss.
+        """
+        out = super()._generate_and_score_completions(inputs)
+        if self._loss_needs_ref_logprobs() and out.get("ref_per_token_logps") is None:
+            out["ref_per_token_logps"] = self._reference_logprobs(out)
+        return out
+
+    def _loss_needs_ref_logprobs(self) -> bool:
+        return self._kl_shaping is not None and self._kl_shaping.placement == "loss"
+
+    @torch.no_grad()
+    def _reference_logprobs(self, out: dict) -> torch.Tensor:
+        """Per-token log-probs of the completions under the reference policy (the ref model, or the PEFT base)."""
+        from trl.trainer.utils import use_adapter
+
+        input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+        attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+        forward = {key: out[key] for key in FORWARD_KEYS if key in out}
+        args = self.args
+        batch_size = args.per_device_train_batch_size if self.model.training else args.per_device_eval_batch_size
+        if self.ref_model is not None:
+            model, adapter = self.ref_model, nullcontext()
+        else:  # PEFT: the base model with the adapter off, or the frozen "ref" copy of a pre-trained adapter
+            model = self.model
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with adapter:
+            logprobs, _, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, out["completion_ids"].size(1), batch_size=batch_size, **forward
+            )
+        return logprobs
 
     @contextmanager
     def _generation_beta(self):

@@ -132,9 +132,11 @@ class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
             epsilon_high=self.epsilon_high,
         )
         loss = (per_token_loss * mask).sum(dim=1).mean()
-        if self.aux_loss_enabled:
-            loss = loss + self.router_aux_loss_coef * aux_loss
         mode = "train" if self.model.training else "eval"
+        if self.aux_loss_enabled:
+            # Unscaled like TRL's RLOO loss (the Trainer divides by gradient accumulation); logged as TRL logs it.
+            loss = loss + self.router_aux_loss_coef * aux_loss
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         stats = self.accelerator.reduce(
             torch.stack([(clipped.float() * mask).sum(), (entropies * mask).sum(), mask.sum()]), reduction="sum"
         )
