@@ -18,7 +18,9 @@ from ..functional import (
     FixedKLController,
     kl_k1,
     kl_k2,
+    kl_importance_weights,
     kl_k3,
+    kl_k3_plus,
     kl_sequence_penalty,
     kl_token_penalty,
     masked_mean,
@@ -33,7 +35,10 @@ class KLShaping(Trick):
     name = "kl_shaping"
     stage = Stage.KL
     flag = "kl_coef"
-    summary = "KL penalty to the reference policy: estimator k1/k2/k3, in the token reward, sequence reward or loss."
+    summary = (
+        "KL penalty to the reference policy: estimator k1/k2/k3/k3_plus, in the token reward, sequence reward or "
+        "loss (optionally importance-corrected there)."
+    )
     source = (
         "Ziegler et al. 2019 (adaptive β); Ahmadian et al. 2024 Eq. 3 (sequence); Hu 2025 REINFORCE++ Eqs. 4, 8 "
         "(token, k2 loss); Zheng et al. 2023 (PPO-max token KL)"
@@ -49,8 +54,10 @@ class KLShaping(Trick):
         target: float | None = None,
         horizon: int = 10000,
         clamp: float | None = None,
+        bias_correction: bool = False,
     ) -> None:
         super().__init__(args)
+        self.bias_correction = bias_correction
         self.estimator_fn = estimator_fn
         self.estimator = estimator
         self.placement = placement
@@ -76,6 +83,7 @@ class KLShaping(Trick):
             target=args.kl_target,
             horizon=args.kl_horizon,
             clamp=args.kl_clamp,
+            bias_correction=bool(getattr(args, "use_bias_correction_kl", False)),
         )
 
     @property
@@ -124,6 +132,10 @@ class KLShaping(Trick):
             raise ValueError("kl_placement='loss' needs reference log-probs in the loss inputs; the trainer gave none")
         mask = inputs.completion_mask.to(inputs.logprobs.dtype)
         kl = self.per_token_kl(inputs.logprobs, inputs.ref_logprobs, mask)
+        if self.bias_correction:
+            # use_bias_correction_kl: weight by ρ_t = π_θ/π_old (differentiable), so the sampled tokens estimate the
+            # KL of the current policy; without old log-probs the step is on-policy and ρ_t = 1 in value.
+            kl = kl * kl_importance_weights(inputs.logprobs, inputs.old_logprobs, mask)
         # Token mean over this process's micro-batch; DDP averages the gradients over processes.
         return self.coef * masked_mean(kl, mask)
 
@@ -144,3 +156,4 @@ def trl_basics_register_kl_estimators(register):
     register("k1", kl_k1)
     register("k2", kl_k2)
     register("k3", kl_k3)
+    register("k3_plus", kl_k3_plus)
