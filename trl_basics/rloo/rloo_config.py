@@ -71,9 +71,10 @@ class RLOOConfig(TrickArguments, trl.RLOOConfig):
                 )
             self.steps_per_generation = 1
         super().__post_init__()
-        if self.delta is not None and not self.delta >= 1.0 + self.epsilon_high:
+        upper = 1.0 + (self.epsilon_high if self.epsilon_high is not None else self.epsilon)
+        if self.delta is not None and not self.delta >= upper:
             raise ValueError(
-                f"delta={self.delta} must be >= 1 + epsilon_high = {1.0 + self.epsilon_high}: dual clip bounds the loss "
+                f"delta={self.delta} must be >= 1 + epsilon_high = {upper:g}: dual clip bounds the loss "
                 "of negative advantages at -delta*A beyond the upper clip range. Use e.g. delta=3.0, or None."
             )
         if self.kl_coef is not None and self.beta != 0.0:
