@@ -111,7 +111,10 @@ def test_trick_loss_is_coef_times_masked_mean_of_the_weighted_estimate(name, cor
                       bias_correction=correct)  # fmt: skip
     loss = trick.loss(LossInputs(logp, mask, ref_logprobs=ref, old_logprobs=old), TrickContext())
     loss.backward()
-    l, rho = (logp - ref).detach(), torch.exp(logp - old).detach() if correct else torch.ones(3, 4, dtype=torch.float64)
+    l, rho = (
+        (logp - ref).detach(),
+        torch.exp(logp - old).detach() if correct else torch.ones(3, 4, dtype=torch.float64),
+    )
     value = torch.tensor([[VALUE[name](x) for x in row] for row in l.tolist()], dtype=torch.float64)
     slope = torch.tensor([[SLOPE[name](x) for x in row] for row in l.tolist()], dtype=torch.float64)
     n = mask.sum()

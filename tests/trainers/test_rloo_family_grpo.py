@@ -97,7 +97,9 @@ def test_moving_average_on_the_grpo_base_is_reinforce_with_baseline(tmp_path, ti
     kwargs = cpu_kwargs(tmp_path, **{**SGD, "max_steps": 2})
     theirs, their_rollouts = train(ReinforceWithBaselineTrainer, ReinforceWithBaselineConfig(**kwargs, beta=0.0),
                                    tiny_model_dir, task, dataset)  # fmt: skip
-    config = ReinforcePlusPlusConfig(**kwargs, **{**RLOO_AS_TRL, "advantage_estimator": "moving_average"}, kl_coef=None)
+    config = ReinforcePlusPlusConfig(
+        **kwargs, **{**RLOO_AS_TRL, "advantage_estimator": "moving_average"}, kl_coef=None
+    )
     ours, our_rollouts = train(ReinforcePlusPlusTrainer, config, tiny_model_dir, task, dataset)
     assert ours.trick_pipeline.estimator.name == "moving_average"
     for mine, reference in zip(our_rollouts, their_rollouts, strict=True):
@@ -109,9 +111,9 @@ def test_moving_average_on_the_grpo_base_is_reinforce_with_baseline(tmp_path, ti
 
 
 # Every GRPO loss-side option, on top of the RLOO family's estimators.
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
 GRPO_LOSS_OPTIONS = {
-    **{f"loss_type={name}": {"loss_type": name} for name in ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo",
-                                                              "luspo", "vespo")},  # fmt: skip
+    **{f"loss_type={name}": {"loss_type": name} for name in LOSS_TYPES},
     "delta": {"delta": 1.5, "num_iterations": 2},
     "epsilon_high": {"epsilon_high": 0.28},
     "importance_sampling_level=sequence": {"importance_sampling_level": "sequence", "num_iterations": 2},
@@ -119,8 +121,13 @@ GRPO_LOSS_OPTIONS = {
     "entropy_coef": {"entropy_coef": 0.01},
     "adaptive_entropy": {"use_adaptive_entropy": True, "entropy_coef": 0.01},
     "top_entropy_quantile": {"top_entropy_quantile": 0.5},
-    "use_bias_correction_kl": {"kl_coef": 0.05, "kl_placement": "loss", "kl_estimator": "k3",
-                               "use_bias_correction_kl": True, "num_iterations": 2},  # fmt: skip
+    "use_bias_correction_kl": {
+        "kl_coef": 0.05,
+        "kl_placement": "loss",
+        "kl_estimator": "k3",
+        "use_bias_correction_kl": True,
+        "num_iterations": 2,
+    },
     "k3_plus_in_loss": {"kl_coef": 0.05, "kl_placement": "loss", "kl_estimator": "k3_plus"},
 }
 
@@ -244,8 +251,11 @@ def test_normalize_then_sum_z_scores_each_reward_function_within_its_group(tmp_p
     def length_reward(completions, **kwargs):
         return [float(len(c)) for c in completions]
 
-    config = ReinforcePlusPlusConfig(**cpu_kwargs(tmp_path, max_steps=1, max_completion_length=8),
-                                     multi_objective_aggregation="normalize_then_sum", reward_weights=[1.0, 0.5])
+    config = ReinforcePlusPlusConfig(
+        **cpu_kwargs(tmp_path, max_steps=1, max_completion_length=8),
+        multi_objective_aggregation="normalize_then_sum",
+        reward_weights=[1.0, 0.5],
+    )
     trainer = ReinforcePlusPlusTrainer(model=tiny_model_dir, reward_funcs=[task.reward_func, length_reward],
                                        args=config, train_dataset=dataset)  # fmt: skip
     seen = {}

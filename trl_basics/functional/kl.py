@@ -19,12 +19,12 @@ from ._utils import ReduceFn, accumulation_dtype, all_reduce_sum, as_bool_mask, 
 __all__ = [
     "KL_ESTIMATORS",
     "kl_estimate",
+    "kl_importance_weights",
     "kl_k1",
     "kl_k2",
     "kl_k3",
     "kl_k3_plus",
     "kl_loss",
-    "kl_importance_weights",
     "kl_sequence_penalty",
     "kl_token_penalty",
 ]

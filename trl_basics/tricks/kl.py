@@ -16,9 +16,9 @@ from torch import Tensor
 from ..functional import (
     AdaptiveKLController,
     FixedKLController,
+    kl_importance_weights,
     kl_k1,
     kl_k2,
-    kl_importance_weights,
     kl_k3,
     kl_k3_plus,
     kl_sequence_penalty,
