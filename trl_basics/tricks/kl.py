@@ -1,9 +1,10 @@
-"""KL shaping (stage 2): the KL estimators k1/k2/k3 and the trick that places β·KL in the reward or the loss.
+"""KL shaping (stage 2): the KL estimators k1/k2/k3/k3_plus and the trick that places β·KL in the reward or the loss.
 
 One trick covers every KL option, so the place where KL acts is a single visible ``if`` on ``placement``:
 - ``token_reward``: -β·KL_t joins the per-token rewards (REINFORCE++ v1 Eq. 4; PPO-max; Ziegler et al. 2019);
 - ``sequence_reward``: -β·Σ_t KL_t is subtracted from the sequence reward (Back to Basics Eq. 3);
-- ``loss``: β·mean_t KL_t is added to the policy loss (REINFORCE++-baseline, v9 Eq. 8, with k2).
+- ``loss``: β·mean_t KL_t is added to the policy loss (REINFORCE++-baseline, v9 Eq. 8, with k2), each KL_t weighted
+  by π_θ/π_old with ``use_bias_correction_kl`` (DeepSeek-V3.2 Eq. 8).
 """
 
 from __future__ import annotations
