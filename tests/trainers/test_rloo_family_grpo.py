@@ -211,6 +211,16 @@ def test_rloo_dual_clip_caps_the_loss_and_stops_the_gradient(tmp_path, tiny_mode
     assert loss == pytest.approx(unclipped, rel=1e-3) and grad > 0
 
 
+def test_rloo_sequence_dual_clip_that_never_binds_is_trls_loss(tmp_path, tiny_model_dir, task, dataset):
+    """delta far beyond any ratio: the sequence-level dual-clip loss trains exactly like TRL's own loss."""
+    kwargs = cpu_kwargs(tmp_path, **SGD)
+    theirs, _ = train(trl.RLOOTrainer, trl.RLOOConfig(**kwargs), tiny_model_dir, task, dataset)
+    ours, _ = train(RLOOTrainer, RLOOConfig(**kwargs, delta=1e6), tiny_model_dir, task, dataset)
+    assert not ours.tricks_active
+    assert logged(ours, "loss") == pytest.approx(logged(theirs, "loss"), abs=1e-7)
+    assert max_param_difference(ours, theirs) < 1e-6
+
+
 def test_rloo_delta_off_is_trls_loss_and_bad_delta_is_refused(tmp_path):
     assert RLOOConfig(**cpu_kwargs(tmp_path)).delta is None
     with pytest.raises(ValueError, match=r"delta=1.1 must be >= 1 \+ epsilon_high = 1.2"):
