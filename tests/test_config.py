@@ -23,10 +23,25 @@ def test_defaults_switch_nothing_on(registry):
     assert pipeline.names == []
 
 
+# Redefined on purpose: TRL GRPO's field of this name (default True) weighs GRPO's own beta·k3 loss term, which no
+# trl_basics trainer runs; ours (default False) weighs the trick pipeline's KL in the loss, on every config.
+DELIBERATE_SHADOWS = {"use_bias_correction_kl"}
+
+
 def test_trick_fields_do_not_shadow_trl_fields():
     ours = {f.name for f in dataclasses.fields(TrickArguments)}
     for parent in (trl.RLOOConfig, trl.GRPOConfig):
-        assert not ours & {f.name for f in dataclasses.fields(parent)}
+        assert not (ours & {f.name for f in dataclasses.fields(parent)}) - DELIBERATE_SHADOWS
+
+
+def test_bias_correction_field_is_ours_and_off_on_every_config(tmp_path):
+    from trl_basics import PPOMaxConfig, ReinforcePlusPlusConfig, ReinforceWithBaselineConfig, RLOOConfig
+
+    grpo_field = next(f for f in dataclasses.fields(trl.GRPOConfig) if f.name == "use_bias_correction_kl")
+    assert grpo_field.default is True  # TRL 1.16's default, for its own KL term
+    for config_cls in (RLOOConfig, ReinforceWithBaselineConfig, ReinforcePlusPlusConfig, PPOMaxConfig):
+        field = next(f for f in dataclasses.fields(config_cls) if f.name == "use_bias_correction_kl")
+        assert field.default is False and "unlike TRL GRPO" in field.metadata["help"], config_cls.__name__
 
 
 def test_every_field_has_help():

@@ -37,7 +37,7 @@ class InlinePlugin:
 def test_builtins_are_registered_as_ordinary_plugins(registry):
     assert set(registry.tricks) == BUILTIN_TRICKS
     assert set(registry.advantage_estimators) == BUILTIN_ESTIMATORS
-    assert set(registry.kl_estimators) == {"k1", "k2", "k3"}
+    assert set(registry.kl_estimators) == {"k1", "k2", "k3", "k3_plus"}
 
 
 def test_every_builtin_trick_has_a_flag_summary_and_source(registry):

@@ -47,7 +47,8 @@ class TrickArguments:
     kl_coef (`float` or `None`, *optional*, defaults to `None`):
         KL coefficient β. `None` leaves KL to the parent TRL trainer (`beta`); a number switches on KL shaping.
     kl_estimator (`str`, *optional*, defaults to `"k1"`):
-        `"k1"` (log-ratio), `"k2"` (½ log-ratio²) or `"k3"` (exp(-ℓ)-1+ℓ), or one registered by a plugin.
+        `"k1"` (log-ratio), `"k2"` (½ log-ratio²), `"k3"` (exp(-ℓ)-1+ℓ), `"k3_plus"` (k3's value, k2's gradient),
+        or one registered by a plugin.
     kl_placement (`str`, *optional*, defaults to `"token_reward"`):
         `"token_reward"`: -β·KL_t added to every token's reward (REINFORCE++, PPO-max). `"sequence_reward"`:
         -β·Σ_t KL_t subtracted from the sequence reward (RLOO paper Eq. 3). `"loss"`: β·mean KL_t added to the loss
@@ -62,6 +63,12 @@ class TrickArguments:
     kl_clamp_log_ratio (`float` or `None`, *optional*, defaults to `None`):
         Clamp the per-token log-ratio ℓ = log π - log π_ref to ±this value *before* the estimator, which bounds k3's
         exponential (verl clamps k3's input to ±20). Independent of `kl_clamp`; both may be set.
+    use_bias_correction_kl (`bool`, *optional*, defaults to `False`):
+        With `kl_placement="loss"`: multiply each token's KL estimate by the importance ratio π_θ/π_old
+        (differentiable), so tokens sampled from the old policy estimate the current policy's KL (DeepSeek-V3.2;
+        TRL's field of the same name). Unbiased value and gradient with k1 and k3; see docs/kl.md. TRL's
+        `GRPOConfig` defaults this field to `True` for its own β·k3 loss term, which trl_basics trainers never use;
+        here it defaults to `False`.
 
     > Parameters that control advantage estimation (stage 3) and transforms (stage 4)
 
@@ -120,7 +127,7 @@ class TrickArguments:
     )
     kl_estimator: str = field(
         default="k1",
-        metadata={"help": "Per-token KL estimator: 'k1', 'k2', 'k3', or one registered by a plugin."},
+        metadata={"help": "Per-token KL estimator: 'k1', 'k2', 'k3', 'k3_plus', or one registered by a plugin."},
     )
     kl_placement: str = field(
         default="token_reward",
@@ -146,6 +153,13 @@ class TrickArguments:
         default=None,
         metadata={
             "help": "Clamp the per-token log-ratio to ±kl_clamp_log_ratio before the KL estimator (verl's k3: 20)."
+        },
+    )
+    use_bias_correction_kl: bool = field(
+        default=False,
+        metadata={
+            "help": "With kl_placement='loss': weight the per-token KL by the importance ratio pi_theta/pi_old "
+            "(unbiased value and gradient for k1 and k3). Off by default, unlike TRL GRPO's field of this name."
         },
     )
     advantage_estimator: str | None = field(
@@ -270,11 +284,24 @@ def validate_trick_arguments(args: Any, registry: Any = None) -> None:
         )
     if args.kl_target is not None and args.kl_coef is None:
         _refuse("kl_target is set but kl_coef is None", "Set kl_coef to the initial coefficient of the adaptive KL")
-    if args.kl_placement == "loss" and args.kl_estimator == "k1" and args.kl_coef is not None:
+    if args.kl_placement == "loss" and args.kl_estimator == "k1" and args.kl_coef is not None and not getattr(
+        args, "use_bias_correction_kl", False
+    ):
         _refuse(
             "kl_estimator='k1' with kl_placement='loss': the gradient of k1 as a loss ignores the reference model",
-            "Use kl_estimator='k2' (exact reverse-KL gradient) or 'k3' in the loss, or put k1 in the reward",
+            "Use kl_estimator='k2' (exact reverse-KL gradient) or 'k3' in the loss, set use_bias_correction_kl=True "
+            "(ρ·k1 has the exact gradient), or put k1 in the reward",
         )
+    if getattr(args, "use_bias_correction_kl", False):
+        # TRL RLOO's own beta is a KL in the sequence reward; GRPO-style parents have `loss_type`.
+        trl_reward_kl = args.kl_coef is None and getattr(args, "beta", 0.0) != 0.0 and not hasattr(args, "loss_type")
+        if trl_reward_kl or (args.kl_coef is not None and args.kl_placement != "loss"):
+            where = f"kl_placement={args.kl_placement!r}" if args.kl_coef is not None else "TRL's beta"
+            _refuse(
+                "use_bias_correction_kl=True corrects a KL term in the loss, but the KL penalty here is in the reward "
+                f"({where}), where the policy gradient's own ratio already weighs it",
+                "Set kl_placement='loss' (with kl_coef), or use_bias_correction_kl=False",
+            )
     if args.whiten_advantages_center_only and not args.whiten_advantages:
         _refuse("whiten_advantages_center_only=True needs whiten_advantages=True", "Set whiten_advantages=True")
 

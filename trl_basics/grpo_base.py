@@ -1,4 +1,4 @@
-"""What the trainers built on TRL's GRPOTrainer share (REINFORCE++ and PPO-max).
+"""What the trainers built on TRL's GRPOTrainer share (REINFORCE++, its RLOO and moving-average variants, PPO-max).
 
 Both keep GRPO's token-level clipped loss and turn GRPO's own KL term (``beta``·k3 in the loss) off: their KL is the
 trick pipeline's. Both need the sampling policy's per-token log-probs when a generation round is scored, which
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import trl
 from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import nanstd
 
 from .trainer_mixin import FORWARD_KEYS, TrickTrainerMixin
 
@@ -24,6 +25,21 @@ class GRPOTrickTrainer(TrickTrainerMixin, trl.GRPOTrainer):
     trl_parent_config = trl.GRPOConfig
 
     # --- generation round -----------------------------------------------------------------------------------------
+
+    def _rollout_rewards(self) -> torch.Tensor:
+        if getattr(self.args, "multi_objective_aggregation", "sum_then_normalize") != "normalize_then_sum":
+            return self._scalar_rewards()
+        # GRPO's multi-objective option: z-score every reward function within its group, then take the weighted
+        # sum; the advantage estimator works on that sum as on any scalar reward.
+        per_func = self._rewards_per_func
+        grouped = per_func.view(-1, self.num_generations, per_func.size(1))
+        standardized = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (
+            nanstd(grouped, dim=1, keepdim=True) + 1e-4
+        )
+        weights = self.reward_weights.to(per_func.device)
+        rewards = (standardized.view_as(per_func) * weights.unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
+        return rewards
 
     def _rollout_logprobs(self, out: dict, recorded: list):
         logprobs = out.get("old_per_token_logps")

@@ -50,14 +50,14 @@ def test_anchor_minus_ln2_and_small() -> None:
     assert k3[1].item() == pytest.approx(0.0048374, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", ["k1", "k2", "k3"])
+@pytest.mark.parametrize("name", ["k1", "k2", "k3", "k3_plus"])
 def test_kl_estimate_matches_estimators(name: str) -> None:
     logp, ref = _pair([LN2, -LN2, 0.1, 0.0, -3.0])
     torch.testing.assert_close(kl_estimate(logp, ref, name), KL_ESTIMATORS[name](logp, ref))
 
 
 def test_estimator_registry_is_read_only() -> None:
-    assert set(KL_ESTIMATORS) == {"k1", "k2", "k3"}
+    assert set(KL_ESTIMATORS) == {"k1", "k2", "k3", "k3_plus"}
     with pytest.raises(TypeError):
         KL_ESTIMATORS["k4"] = kl_k1  # type: ignore[index]
 

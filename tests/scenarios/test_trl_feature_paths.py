@@ -385,7 +385,7 @@ def test_loss_type(trainer_id, loss_type, tmp_path, tiny_model_dir, task, datase
 # GRPO options a plain GRPO pipeline may carry into REINFORCE++: TRL's KL coefficient, reward scaling, GDPO's
 # per-function normalization, the vespo loss and the off-policy mask. ReinforcePlusPlusConfig refuses them at present;
 # set GRPO_OPTIONS_ACCEPTED = True when it accepts them, and every case below runs with and without the trick set.
-GRPO_OPTIONS_ACCEPTED = False
+GRPO_OPTIONS_ACCEPTED = True
 GRPO_OPTIONS = {
     "beta": {"beta": 0.04, "kl_coef": None},
     "scale_rewards_group": {"scale_rewards": "group"},

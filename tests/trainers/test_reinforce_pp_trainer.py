@@ -106,12 +106,14 @@ def test_single_sample_per_prompt(tmp_path, tiny_model_dir, task, dataset):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"scale_rewards": "group"}, "scale_rewards='group' would have no effect"),
-        ({"beta": 0.04}, "would both apply a KL penalty"),
+        ({"scale_rewards": "group"}, "scale_rewards='group' divides each advantage by its group's reward std"),
+        ({"scale_rewards": True}, "the GRPO normalization that REINFORCE\\+\\+ replaces"),
+        ({"beta": 0.04, "kl_coef": 0.2}, "both set a KL coefficient"),
         ({"baseline": "grouped"}, "baseline='grouped' is not a valid choice"),
         ({"baseline": "group", "num_generations": 1}, "needs num_generations >= 2"),
-        ({"loss_type": "vespo"}, "assume sequence-level advantages"),
-        ({"multi_objective_aggregation": "normalize_then_sum"}, "sums the weighted rewards first"),
+        ({"advantage_estimator": "rloo", "num_generations": 1}, "needs a group of samples per prompt"),
+        ({"baseline": "group", "advantage_estimator": "rloo"}, "Set baseline='none' to use 'rloo'"),
+        ({"multi_objective_aggregation": "normalize_then_sum", "num_generations": 1}, "z-scores each reward"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message, tmp_path):

@@ -19,9 +19,11 @@ from ._utils import ReduceFn, accumulation_dtype, all_reduce_sum, as_bool_mask, 
 __all__ = [
     "KL_ESTIMATORS",
     "kl_estimate",
+    "kl_importance_weights",
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "kl_k3_plus",
     "kl_loss",
     "kl_sequence_penalty",
     "kl_token_penalty",
@@ -85,13 +87,27 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     return _k3(logprobs - ref_logprobs)
 
 
+def _k3_plus(log_ratio: Tensor) -> Tensor:
+    k2 = _k2(log_ratio)
+    return k2 + (_k3(log_ratio) - k2).detach()
+
+
+def kl_k3_plus(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k3+ per token: the value of k3, the gradient of k2 (straight-through, k2 + sg(k3 - k2); verl's ``"k3+"``).
+
+    The value stays the non-negative, unbiased-on-policy k3; the gradient ℓ·∇log π is the exact reverse-KL gradient
+    on-policy, which k3's own gradient (1 - π_ref/π)·∇log π is not (its expectation is the forward-KL gradient).
+    """
+    return _k3_plus(logprobs - ref_logprobs)
+
+
 KL_ESTIMATORS: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = types.MappingProxyType(
-    {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+    {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3, "k3_plus": kl_k3_plus}
 )
 
 # Same estimators as functions of the (possibly clamped) log-ratio, for kl_estimate.
 _LOG_RATIO_ESTIMATORS: Mapping[str, Callable[[Tensor], Tensor]] = types.MappingProxyType(
-    {"k1": _k1, "k2": _k2, "k3": _k3}
+    {"k1": _k1, "k2": _k2, "k3": _k3, "k3_plus": _k3_plus}
 )
 
 
@@ -161,3 +177,26 @@ def kl_loss(kl: Tensor, mask: Tensor, coef: float, reduce_fn: ReduceFn | None = 
     local_sum = torch.where(active, kl.to(wd), 0.0).sum()
     global_count = all_reduce_sum(active.sum().to(accumulation_dtype(kl.device)).reshape(1), reduce_fn)[0]
     return (coef * local_sum / global_count.clamp(min=1.0).to(wd)).to(float_dtype(kl))
+
+
+def kl_importance_weights(
+    logprobs: Tensor, old_logprobs: Tensor | None, mask: Tensor | None = None, log_ratio_clamp: float | None = 20.0
+) -> Tensor:
+    """Per-token importance ratio ρ_t = π_θ(a_t)/π_old(a_t), differentiable in ``logprobs``, for the KL in the loss.
+
+    Multiplying a per-token KL estimate by ρ_t turns the expectation under the sampling policy π_old into one under
+    π_θ (DeepSeek-V3.2, arXiv 2512.02556, Eq. 8; TRL GRPO's ``use_bias_correction_kl``). Because ρ_t is differentiated
+    too, the gradient gains a score term: ∇(ρ k) = ρ (k ∇log π_θ + ∇k). For k1 and k3 this makes the gradient the
+    exact reverse-KL gradient E_θ[ℓ ∇log π_θ]; for k2 and k3+ it adds a bias (see docs/kl.md).
+
+    ``old_logprobs=None`` means on-policy: ρ_t = exp(log π_θ - sg(log π_θ)), value 1 with gradient ρ_t ∇log π_θ.
+    The log-ratio is clamped to ±``log_ratio_clamp`` against overflow; masked positions get ρ = 1.
+    """
+    if log_ratio_clamp is not None and not log_ratio_clamp > 0:
+        raise ValueError(f"kl_importance_weights: log_ratio_clamp must be positive or None, got {log_ratio_clamp}")
+    old = logprobs.detach() if old_logprobs is None else old_logprobs.detach()
+    active = as_bool_mask(mask, logprobs)
+    log_ratio = torch.where(active, logprobs - old, 0.0)
+    if log_ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
+    return torch.exp(log_ratio)

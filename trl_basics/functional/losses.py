@@ -37,6 +37,15 @@ def _clipped_surrogate(
     return loss, is_clipped
 
 
+def _dual_clip(loss: Tensor, is_clipped: Tensor, adv: Tensor, dual_clip: float) -> tuple[Tensor, Tensor]:
+    """min(loss, -c·A) where A < 0 (Ye et al. 2020); the bound is constant in θ, so the gradient vanishes there."""
+    if not dual_clip > 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    dual_bound = -dual_clip * adv
+    dual_binds = (adv < 0) & (loss > dual_bound)
+    return torch.where(dual_binds, dual_bound, loss), is_clipped | dual_binds
+
+
 def clipped_policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -81,10 +90,7 @@ def clipped_policy_loss(
     adv = torch.where(active, advantages.to(wd), 0.0)
     loss, is_clipped = _clipped_surrogate(torch.exp(log_ratio), adv, epsilon_low, epsilon_high)
     if dual_clip is not None:
-        dual_bound = -dual_clip * adv
-        dual_binds = (adv < 0) & (loss > dual_bound)
-        loss = torch.where(dual_binds, dual_bound, loss)
-        is_clipped = is_clipped | dual_binds
+        loss, is_clipped = _dual_clip(loss, is_clipped, adv, dual_clip)
     loss = torch.where(active, loss, 0.0).to(logprobs.dtype)
     return loss, is_clipped & active
 
@@ -97,12 +103,14 @@ def sequence_clipped_policy_loss(
     epsilon_low: float = 0.2,
     epsilon_high: float | None = None,
     log_ratio_clamp: float | None = 20.0,
+    dual_clip: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sequence-level PPO clip, one action per completion (Ahmadian et al. 2024, Back to Basics, §2.3; TRL 1.16
     RLOOTrainer): ρ = exp(Σ_t mask_t (log π_θ - log π_old)),
     loss = max(-A ρ, -A clip(ρ, 1 - ε_low, 1 + ε_high)).
 
     The summed log-ratio is clamped to ±``log_ratio_clamp`` (TRL does not clamp; None reproduces it exactly).
+    ``dual_clip`` = c > 1 bounds the loss of a negative-advantage sequence by -c·A, as in ``clipped_policy_loss``.
 
     Args:
         logprobs, old_logprobs: (B, T) per-token log-probabilities.
@@ -118,7 +126,10 @@ def sequence_clipped_policy_loss(
     log_ratio = torch.where(active, logprobs.to(wd) - old_logprobs.to(wd), 0.0).sum(dim=-1)
     if log_ratio_clamp is not None:
         log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
-    loss, is_clipped = _clipped_surrogate(torch.exp(log_ratio), advantages.to(wd), epsilon_low, epsilon_high)
+    adv = advantages.to(wd)
+    loss, is_clipped = _clipped_surrogate(torch.exp(log_ratio), adv, epsilon_low, epsilon_high)
+    if dual_clip is not None:
+        loss, is_clipped = _dual_clip(loss, is_clipped, adv, dual_clip)
     return loss.to(logprobs.dtype), is_clipped
 
 

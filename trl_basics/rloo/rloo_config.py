@@ -26,6 +26,14 @@ class RLOOConfig(TrickArguments, trl.RLOOConfig):
         sequence and subtracted from the reward, leave-one-out baseline over the k samples, and exactly one
         on-policy gradient step per batch (`num_iterations=1`, `steps_per_generation=1`, so the ratio is 1 and
         clipping never acts). Refuses settings that contradict it (reward clipping or advantage normalization).
+
+    > Parameters that control the policy loss
+
+    delta (`float` or `None`, *optional*, defaults to `None`):
+        Dual clip with c = delta (TRL GRPO's `delta`, OpenRLHF's `dual_clip`, verl's `clip_ratio_c`): for a negative
+        advantage the loss is capped at -delta·A, so one token (or sequence) whose ratio explodes cannot dominate.
+        Must be >= 1 + `epsilon_high` (below that TRL's two-sided clip would also cap positive advantages). Acts on
+        the token-level loss and on the sequence-level loss; `None` keeps TRL's loss unchanged.
     """
 
     paper_faithful: bool = field(
@@ -36,12 +44,22 @@ class RLOOConfig(TrickArguments, trl.RLOOConfig):
         },
     )
 
+    delta: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dual clip c = delta (TRL GRPO's delta, OpenRLHF dual_clip, verl clip_ratio_c): caps the loss of a "
+            "negative advantage at -delta*A. Must be >= 1 + epsilon_high. None is off."
+        },
+    )
+
     def ablation_switches(self) -> dict:
         switches = super().ablation_switches()
         if self.kl_coef is None and self.beta != 0.0:
             switches["kl_beta"] = {"beta": 0.0}  # TRL's own sequence-level KL in the reward
         if self.normalize_advantages:
             switches["normalize_advantages"] = {"normalize_advantages": False}
+        if self.delta is not None:
+            switches["dual_clip"] = {"delta": None}
         return switches
 
     def __post_init__(self) -> None:
@@ -53,6 +71,12 @@ class RLOOConfig(TrickArguments, trl.RLOOConfig):
                 )
             self.steps_per_generation = 1
         super().__post_init__()
+        upper = 1.0 + (self.epsilon_high if self.epsilon_high is not None else self.epsilon)
+        if self.delta is not None and not self.delta >= upper:
+            raise ValueError(
+                f"delta={self.delta} must be >= 1 + epsilon_high = {upper:g}: dual clip bounds the loss "
+                "of negative advantages at -delta*A beyond the upper clip range. Use e.g. delta=3.0, or None."
+            )
         if self.kl_coef is not None and self.beta != 0.0:
             raise ValueError(
                 f"kl_coef={self.kl_coef} and TRL's beta={self.beta} would both put a KL penalty in the reward. "

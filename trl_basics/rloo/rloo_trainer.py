@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import trl
 
-from ..functional import clipped_policy_loss
+from ..functional import clipped_policy_loss, sequence_clipped_policy_loss
 from ..trainer_mixin import FORWARD_KEYS, TrickTrainerMixin, single_generation_allowed
 from .rloo_config import RLOOConfig
 
@@ -93,17 +93,58 @@ class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
         return logprobs, ref_logprobs
 
     def _store_rollout_extras(self, out: dict, rollout) -> None:
-        if rollout.advantages.dim() == 2:
-            out["old_per_token_logps"] = rollout.logprobs
-        if self._kl_shaping is not None and self._kl_shaping.placement == "loss":
+        kl_in_loss = self._kl_shaping is not None and self._kl_shaping.placement == "loss"
+        if rollout.advantages.dim() == 2 or kl_in_loss:
+            out["old_per_token_logps"] = rollout.logprobs  # the token loss's ratio; ρ of use_bias_correction_kl
+        if kl_in_loss:
             out["ref_per_token_logps"] = rollout.ref_logprobs
 
     # --- update -----------------------------------------------------------------------------------------------------
 
     def _policy_loss(self, model, inputs):
-        if inputs["advantages"].dim() == 1:
-            return super()._policy_loss(model, inputs)  # TRL's sequence-level clipped loss
-        return self._token_level_loss(model, inputs)
+        if inputs["advantages"].dim() == 2:
+            return self._token_level_loss(model, inputs)
+        if self.args.delta is not None:
+            return self._sequence_level_dual_clip_loss(model, inputs)
+        return super()._policy_loss(model, inputs)  # TRL's sequence-level clipped loss
+
+    def _sequence_level_dual_clip_loss(self, model, inputs):
+        """TRL's sequence-level objective (one ratio per completion, mean over completions) with dual clip c = delta."""
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
+            torch.cat([inputs["prompt_mask"], completion_mask], dim=1),
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            **{key: inputs.get(key) for key in FORWARD_KEYS},
+        )
+        # One column per completion: Σ_t log π_θ against TRL's summed old log-prob, so the ratio is exactly TRL's.
+        logps = (per_token_logps * completion_mask).sum(dim=1, keepdim=True)
+        per_sequence_loss, clipped = sequence_clipped_policy_loss(
+            logps,
+            inputs["old_logps"].unsqueeze(1),
+            inputs["advantages"],
+            torch.ones_like(logps),
+            epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high,
+            log_ratio_clamp=None,
+            dual_clip=self.args.delta,
+        )
+        loss = per_sequence_loss.mean()
+        mode = "train" if self.model.training else "eval"
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+        mask = completion_mask.to(per_token_logps.dtype)
+        stats = self.accelerator.reduce(
+            torch.stack([(entropies * mask).sum(), mask.sum(), clipped.float().sum(), mask.new_tensor(len(mask))]),
+            reduction="sum",
+        )
+        self._metrics[mode]["entropy"].append((stats[0] / stats[1].clamp(min=1.0)).item())
+        self._metrics[mode]["clip_ratio/region_mean"].append((stats[2] / stats[3].clamp(min=1.0)).item())
+        return loss
 
     def _token_level_loss(self, model, inputs):
         """Clipped surrogate per token with token-level advantages (per-token KL in the reward).
@@ -130,6 +171,7 @@ class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
             mask,
             epsilon_low=self.epsilon_low,
             epsilon_high=self.epsilon_high,
+            dual_clip=getattr(self.args, "delta", None),
         )
         loss = (per_token_loss * mask).sum(dim=1).mean()
         mode = "train" if self.model.training else "eval"

@@ -1,9 +1,10 @@
-"""KL shaping (stage 2): the KL estimators k1/k2/k3 and the trick that places β·KL in the reward or the loss.
+"""KL shaping (stage 2): the KL estimators k1/k2/k3/k3_plus and the trick that places β·KL in the reward or the loss.
 
 One trick covers every KL option, so the place where KL acts is a single visible ``if`` on ``placement``:
 - ``token_reward``: -β·KL_t joins the per-token rewards (REINFORCE++ v1 Eq. 4; PPO-max; Ziegler et al. 2019);
 - ``sequence_reward``: -β·Σ_t KL_t is subtracted from the sequence reward (Back to Basics Eq. 3);
-- ``loss``: β·mean_t KL_t is added to the policy loss (REINFORCE++-baseline, v9 Eq. 8, with k2).
+- ``loss``: β·mean_t KL_t is added to the policy loss (REINFORCE++-baseline, v9 Eq. 8, with k2), each KL_t weighted
+  by π_θ/π_old with ``use_bias_correction_kl`` (DeepSeek-V3.2 Eq. 8).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from torch import Tensor
 from ..functional import (
     AdaptiveKLController,
     FixedKLController,
+    kl_importance_weights,
     kl_k1,
     kl_k2,
     kl_k3,
+    kl_k3_plus,
     kl_sequence_penalty,
     kl_token_penalty,
     masked_mean,
@@ -33,7 +36,10 @@ class KLShaping(Trick):
     name = "kl_shaping"
     stage = Stage.KL
     flag = "kl_coef"
-    summary = "KL penalty to the reference policy: estimator k1/k2/k3, in the token reward, sequence reward or loss."
+    summary = (
+        "KL penalty to the reference policy: estimator k1/k2/k3/k3_plus, in the token reward, sequence reward or "
+        "loss (optionally importance-corrected there)."
+    )
     source = (
         "Ziegler et al. 2019 (adaptive β); Ahmadian et al. 2024 Eq. 3 (sequence); Hu 2025 REINFORCE++ Eqs. 4, 8 "
         "(token, k2 loss); Zheng et al. 2023 (PPO-max token KL)"
@@ -50,8 +56,10 @@ class KLShaping(Trick):
         horizon: int = 10000,
         clamp: float | None = None,
         log_ratio_clamp: float | None = None,
+        bias_correction: bool = False,
     ) -> None:
         super().__init__(args)
+        self.bias_correction = bias_correction
         self.estimator_fn = estimator_fn
         self.estimator = estimator
         self.placement = placement
@@ -79,6 +87,7 @@ class KLShaping(Trick):
             horizon=args.kl_horizon,
             clamp=args.kl_clamp,
             log_ratio_clamp=getattr(args, "kl_clamp_log_ratio", None),
+            bias_correction=bool(getattr(args, "use_bias_correction_kl", False)),
         )
 
     @property
@@ -131,6 +140,10 @@ class KLShaping(Trick):
             raise ValueError("kl_placement='loss' needs reference log-probs in the loss inputs; the trainer gave none")
         mask = inputs.completion_mask.to(inputs.logprobs.dtype)
         kl = self.per_token_kl(inputs.logprobs, inputs.ref_logprobs, mask)
+        if self.bias_correction:
+            # use_bias_correction_kl: weight by ρ_t = π_θ/π_old (differentiable), so the sampled tokens estimate the
+            # KL of the current policy; without old log-probs the step is on-policy and ρ_t = 1 in value.
+            kl = kl * kl_importance_weights(inputs.logprobs, inputs.old_logprobs, mask)
         # Token mean over this process's micro-batch; DDP averages the gradients over processes.
         return self.coef * masked_mean(kl, mask)
 
@@ -151,3 +164,4 @@ def trl_basics_register_kl_estimators(register):
     register("k1", kl_k1)
     register("k2", kl_k2)
     register("k3", kl_k3)
+    register("k3_plus", kl_k3_plus)
