@@ -16,7 +16,7 @@ TRL scenarios not run here, and why:
   installed or GPU-only.
 - PPO-max with a vision-language model: its critic is an ``AutoModelForTokenClassification``, which has no
   vision-language class.
-- the GRPO-only options REINFORCE++ does not accept yet (``GRPO_OPTIONS`` below, behind ``GRPO_OPTIONS_ACCEPTED``).
+- GRPO's per-group reward scaling (``scale_rewards="group"``) on REINFORCE++: refused on purpose (tested below).
 - hub-specific cases (``trust_remote_code``, reward models by hub id, iterable datasets and dataloader workers, the
   entropy-mask and off-policy-mask unit tests of TRL's helpers): they test TRL itself, not a path a subclass changes.
 """
@@ -382,20 +382,18 @@ def test_loss_type(trainer_id, loss_type, tmp_path, tiny_model_dir, task, datase
 
 # --- GRPO options on REINFORCE++ ----------------------------------------------------------------------------------
 
-# GRPO options a plain GRPO pipeline may carry into REINFORCE++: TRL's KL coefficient, reward scaling, GDPO's
-# per-function normalization, the vespo loss and the off-policy mask. ReinforcePlusPlusConfig refuses them at present;
-# set GRPO_OPTIONS_ACCEPTED = True when it accepts them, and every case below runs with and without the trick set.
-GRPO_OPTIONS_ACCEPTED = True
+# GRPO options a plain GRPO pipeline may carry into REINFORCE++: TRL's KL coefficient, batch reward scaling, GDPO's
+# per-function normalization, the vespo loss and the off-policy mask. Each is translated or works as it does in GRPO
+# (docs/reinforce_pp.md); every case runs with and without the trick set.
 GRPO_OPTIONS = {
     "beta": {"beta": 0.04, "kl_coef": None},
-    "scale_rewards_group": {"scale_rewards": "group"},
     "scale_rewards_batch": {"scale_rewards": "batch"},
     "normalize_then_sum": {"multi_objective_aggregation": "normalize_then_sum"},
     "vespo": {"loss_type": "vespo"},
     # Off-policy from the second step on: two optimisation passes over each generation round.
     "off_policy_mask": {"off_policy_mask_threshold": 0.5, "num_iterations": 2, "max_steps": 2},
 }
-GRPO_OPTIONS_ENABLED_ELSEWHERE = [
+GRPO_OPTION_CASES = [
     (trainer_id, setting, option)
     for trainer_id in ("reinforce_pp", "reinforce_pp_baseline")
     for setting in SETTINGS
@@ -403,7 +401,10 @@ GRPO_OPTIONS_ENABLED_ELSEWHERE = [
 ]
 
 
-def grpo_option_case(trainer_id, setting, option, tmp_path, tiny_model_dir, task, dataset):
+@pytest.mark.parametrize(
+    ("trainer_id", "setting", "option"), GRPO_OPTION_CASES, ids=["-".join(case) for case in GRPO_OPTION_CASES]
+)
+def test_grpo_option_on_reinforce_pp(trainer_id, setting, option, tmp_path, tiny_model_dir, task, dataset):
     """TRL's GRPO option tests (test_train_beta_non_zero, test_train_scale_rewards, ...) with REINFORCE++."""
     overrides = dict(GRPO_OPTIONS[option])  # with the trick set, beta stands in for its kl_coef
     trainer = make_trainer(
@@ -422,12 +423,9 @@ def grpo_option_case(trainer_id, setting, option, tmp_path, tiny_model_dir, task
     assert math.isfinite(trainer.evaluate()["eval_loss"])
 
 
-if GRPO_OPTIONS_ACCEPTED:
-
-    @pytest.mark.parametrize(
-        ("trainer_id", "setting", "option"),
-        GRPO_OPTIONS_ENABLED_ELSEWHERE,
-        ids=["-".join(case) for case in GRPO_OPTIONS_ENABLED_ELSEWHERE],
-    )
-    def test_grpo_option_on_reinforce_pp(trainer_id, setting, option, tmp_path, tiny_model_dir, task, dataset):
-        grpo_option_case(trainer_id, setting, option, tmp_path, tiny_model_dir, task, dataset)
+@pytest.mark.parametrize("baseline", ["none", "group"])
+def test_group_reward_scaling_is_refused_on_reinforce_pp(baseline, tmp_path):
+    """scale_rewards='group' is GRPO's per-group std normalization, which REINFORCE++ replaces: refused, saying so."""
+    with pytest.raises(ValueError, match="scale_rewards") as err:
+        ReinforcePlusPlusConfig(output_dir=str(tmp_path), use_cpu=True, baseline=baseline, scale_rewards="group")
+    assert "whiten" in str(err.value) or "REINFORCE++" in str(err.value)
