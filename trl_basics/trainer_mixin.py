@@ -159,9 +159,7 @@ class TrickTrainerMixin:
     def _setup_tricks(self, plugin_manager: Any = None) -> None:
         pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
         self.trick_registry = Registry.from_plugin_manager(pm)
-        self.trick_pipeline = TrickPipeline.from_args(
-            self._pipeline_args(), self.trick_registry, default_estimator=self._default_estimator()
-        )
+        self.trick_pipeline = self.build_pipeline()
         # KL shaping needs reference log-probs, which the parent computes only when its beta is non-zero.
         self._kl_shaping = next((t for t in self.trick_pipeline.tricks if t.name == "kl_shaping"), None)
         self._install_guards()
@@ -180,6 +178,12 @@ class TrickTrainerMixin:
             self.processing_class,
             getattr(config, "max_position_embeddings", None),
             self.args.max_completion_length,
+        )
+
+    def build_pipeline(self) -> TrickPipeline:
+        """A fresh pipeline exactly as this trainer configures it (also used to replay a round in tests)."""
+        return TrickPipeline.from_args(
+            self._pipeline_args(), self.trick_registry, default_estimator=self._default_estimator()
         )
 
     def _pipeline_args(self) -> Any:

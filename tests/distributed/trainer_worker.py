@@ -12,13 +12,19 @@ import torch
 from accelerate.utils import gather, gather_object
 
 import trl_basics as tb
-from trl_basics import Rollout, TrickContext, TrickPipeline
+from trl_basics import Rollout, TrickContext
 from trl_basics.kit.model import save_tiny_model
 from trl_basics.kit.tasks import get_task
 
 CONFIGS = {
     "reinforce_pp": (tb.ReinforcePlusPlusTrainer, tb.ReinforcePlusPlusConfig, {"kl_coef": 0.05}),
     "reinforce_pp_baseline": (tb.ReinforcePlusPlusTrainer, tb.ReinforcePlusPlusConfig, {"baseline": "group"}),
+    # The recommended REINFORCE++-baseline setting: k2 KL in the loss, token-weighted whitening over both ranks.
+    "reinforce_pp_baseline_kl_loss": (
+        tb.ReinforcePlusPlusTrainer,
+        tb.ReinforcePlusPlusConfig,
+        {"baseline": "group", "kl_placement": "loss", "kl_estimator": "k2", "kl_coef": 0.01},
+    ),
     "rloo_running_adaptive": (
         tb.RLOOTrainer,
         tb.RLOOConfig,
@@ -64,9 +70,7 @@ def check(name, model_dir, out_dir):
     def global_rows(tensor):
         return gather(accelerator.pad_across_processes(tensor, dim=1) if tensor.dim() == 2 else tensor)
 
-    replay = TrickPipeline.from_args(
-        trainer._pipeline_args(), trainer.trick_registry, default_estimator=trainer._default_estimator()
-    )
+    replay = trainer.build_pipeline()
     worst = 0.0
     for round_ in trainer.rounds:
         local = round_["rollout"]

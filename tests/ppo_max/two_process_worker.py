@@ -13,7 +13,7 @@ import sys
 import torch
 from accelerate.utils import gather, gather_object
 
-from trl_basics import PPOMaxConfig, PPOMaxTrainer, Rollout, TrickContext, TrickPipeline
+from trl_basics import PPOMaxConfig, PPOMaxTrainer, Rollout, TrickContext
 from trl_basics.kit.model import save_tiny_model
 from trl_basics.kit.tasks import get_task
 
@@ -59,9 +59,7 @@ def main(out_dir: str) -> None:
     def global_rows(tensor):
         return gather(accelerator.pad_across_processes(tensor, dim=1))
 
-    replay = TrickPipeline.from_args(
-        trainer._pipeline_args(), trainer.trick_registry, default_estimator=trainer._default_estimator()
-    )
+    replay = trainer.build_pipeline()
     worst = 0.0
     for round_ in trainer.rounds:
         local = round_["rollout"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..grpo_base import GRPOTrickTrainer
+from ..pipeline import TrickPipeline
 from ..tricks.estimators import token_level_estimator
 from .reinforce_pp_config import ReinforcePlusPlusConfig
 
@@ -34,11 +35,12 @@ class ReinforcePlusPlusTrainer(GRPOTrickTrainer):
         self._init_parent(args, kwargs)  # beta stays 0: GRPO's own KL term in the loss stays off
         self._setup_tricks(plugin_manager)
 
-    def _setup_tricks(self, plugin_manager: Any = None) -> None:
-        super()._setup_tricks(plugin_manager)
+    def build_pipeline(self) -> TrickPipeline:
+        pipeline = super().build_pipeline()
         # REINFORCE++ is defined per token (whitening over all active tokens, v1 Eq. 8 / v9 Eq. 7), so its estimator
         # always gives (B, T) advantages, also when the KL is in the loss, in the sequence reward, or off.
-        self.trick_pipeline.estimator = token_level_estimator(self.trick_pipeline.estimator)
+        pipeline.estimator = token_level_estimator(pipeline.estimator)
+        return pipeline
 
     def _default_estimator(self) -> str | None:
         return "group_mean" if self.args.baseline == "group" else "reinforce"
