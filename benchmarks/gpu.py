@@ -83,7 +83,7 @@ PARENTS = {"rloo": "trl_rloo", "rloo_tricks": "trl_rloo", "reinforce_pp": "trl_g
 
 
 def write_model(directory: str | os.PathLike[str], size: str, device: str = "cpu", seed: int = 0) -> Path:
-    """A Qwen2 causal LM of ``size`` (see ``MODELS``) with random weights and the kit tokenizer, saved to ``directory``.
+    """A Qwen2 causal LM of ``size`` (see ``MODELS``), random weights, and the kit tokenizer, saved to ``directory``.
 
     Weights are bf16 unless ``size`` is ``tiny`` (fp32, for CPU runs). The vocabulary is larger than the tokenizer's:
     see [`generation_kwargs`].
@@ -119,7 +119,8 @@ def write_model(directory: str | os.PathLike[str], size: str, device: str = "cpu
 
 def load_tokenizer(model_dir: str):
     """The kit tokenizer saved next to the model. Passed to every trainer as ``processing_class``: next to a Qwen2
-    config, ``AutoTokenizer`` would reload it as ``Qwen2Tokenizer``, which does not tokenize with the kit's vocabulary."""
+    config, ``AutoTokenizer`` would reload it as ``Qwen2Tokenizer``, which does not tokenize with the kit's
+    vocabulary."""
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast.from_pretrained(model_dir)
@@ -308,7 +309,9 @@ def worker(args: argparse.Namespace) -> dict:
             dataset = task.make_dataset(args.batch_size // args.num_generations * args.steps, seed=0)
             sync()
             before = allocated()
-            trainer = build_trainer(name, common, args.model_dir, dataset, task.reward_func, processing_class=tokenizer)
+            trainer = build_trainer(
+                name, common, args.model_dir, dataset, task.reward_func, processing_class=tokenizer
+            )
             sync()
             built = allocated() - before
             trainer.remove_callback(PrinterCallback)

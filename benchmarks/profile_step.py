@@ -99,8 +99,8 @@ def sync_owner(frame) -> str | None:
 
 def sync_counter():
     """A dispatch mode counting the ops that copy tensor data to the host (``item``/``float``/``bool`` of a tensor,
-    boolean-mask indexing; ``tolist`` is not seen: add [`count_tolist`]): on a GPU each waits for the queued kernels. Each is charged as
-    [`sync_owner`] says; reads inside ``torch.optim`` are not counted."""
+    boolean-mask indexing; ``tolist`` is not seen: add [`count_tolist`]): on a GPU each waits for the queued kernels.
+    Each is charged as [`sync_owner`] says; reads inside ``torch.optim`` are not counted."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -213,8 +213,8 @@ def profile_trainer(name: str, args: argparse.Namespace, model_dir: str) -> None
     )
     syncs = {k: v / args.warmup for k, v in counter.counts.items()}
     print(
-        "tensor reads to the host per step (item/float/bool/tolist of a tensor, boolean masks; each a host-device sync on a "
-        f"GPU; counted in the warm-up steps): trl_basics {syncs['trl_basics']:.0f}, "
+        "tensor reads to the host per step (item/float/bool/tolist of a tensor, boolean masks; each a host-device "
+        f"sync on a GPU; counted in the warm-up steps): trl_basics {syncs['trl_basics']:.0f}, "
         f"TRL and the rest {syncs['other']:.0f}"
     )
     print("top trl_basics functions (self time + direct calls into libraries), ms/step:")
