@@ -51,8 +51,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from profile_step import count_tolist, sync_counter, sync_owner  # noqa: E402
-from run import (  # noqa: E402
+from profile_step import count_tolist, sync_counter, sync_owner
+from run import (
     TARGETS,
     TRAINERS,
     Baton,
@@ -208,13 +208,13 @@ class SyncCounter:
             self._mode.__exit__(*exc)
 
 
-def _common(args: argparse.Namespace, output_dir: str, tokenizer, backend: str) -> dict:
+def _common(args: argparse.Namespace, output_dir: str, tokenizer, backend: str, checkpointing: bool) -> dict:
     """``run.py``'s shared trainer settings, moved to the device: bf16, SDPA, checkpointing as asked, vLLM colocate."""
     vocab = MODELS[args.model][5]
     common = _common_kwargs(output_dir, args.batch_size, args.completion_length, args.num_generations, args.steps)
     on_gpu = args.device == "cuda"
     common.update(
-        use_cpu=not on_gpu, bf16=on_gpu, gradient_checkpointing=args.gradient_checkpointing,
+        use_cpu=not on_gpu, bf16=on_gpu, gradient_checkpointing=checkpointing,
         model_init_kwargs={"dtype": "bfloat16" if on_gpu else "float32", "attn_implementation": "sdpa"},
         generation_kwargs=generation_kwargs(tokenizer, vocab, args.completion_length, backend),
     )  # fmt: skip
@@ -226,8 +226,20 @@ def _common(args: argparse.Namespace, output_dir: str, tokenizer, backend: str) 
     return common
 
 
+def _entry(name: str, checkpointing: bool) -> str:
+    """A worker's name for trainer ``name`` at a checkpointing setting (several settings may share a process)."""
+    return f"{name}+gc" if checkpointing else name
+
+
+def _parse_entry(entry: str) -> tuple[str, bool]:
+    name, _, suffix = entry.partition("+")
+    return name, suffix == "gc"
+
+
 def worker(args: argparse.Namespace) -> dict:
-    """Every trainer of ``args.trainers`` in one process, one optimizer step each in turn."""
+    """Every trainer of ``args.trainers`` (entries of [`_entry`]) in one process, one optimizer step each in turn.
+
+    The first worker of a run writes the model (so that the parent never imports torch)."""
     import torch
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
@@ -240,6 +252,8 @@ def worker(args: argparse.Namespace) -> dict:
     if not cuda:
         torch.set_num_threads(1)
     task = get_task(args.task)
+    if not (Path(args.model_dir) / "config.json").exists():
+        write_model(args.model_dir, args.model, device=args.device)
     tokenizer = load_tokenizer(args.model_dir)
     names = args.trainers.split(",")
     baton = Baton(names)
@@ -303,9 +317,10 @@ def worker(args: argparse.Namespace) -> dict:
                 self._end_turn()
             baton.leave(self.name)
 
-    def run_trainer(name: str, tmp: str) -> None:
+    def run_trainer(entry: str, tmp: str) -> None:
+        name, checkpointing = _parse_entry(entry)
         try:
-            common = _common(args, tmp, tokenizer, args.backend)
+            common = _common(args, tmp, tokenizer, args.backend, checkpointing)
             dataset = task.make_dataset(args.batch_size // args.num_generations * args.steps, seed=0)
             sync()
             before = allocated()
@@ -316,21 +331,21 @@ def worker(args: argparse.Namespace) -> dict:
             built = allocated() - before
             trainer.remove_callback(PrinterCallback)
             times = _instrument(trainer, clock)
-            turns = TakeTurns(name)
+            turns = TakeTurns(entry)
             trainer.add_callback(turns)
             trainer.train()
-            results[name] = summarize_steps(trainer, times, turns, built, args)
+            results[entry] = summarize_steps(trainer, times, turns, built, args)
         except BaseException as err:  # noqa: BLE001 - reported by the main thread
             errors.append(err)
             ready.set()
         finally:
-            baton.leave(name)
+            baton.leave(entry)
 
     with tempfile.TemporaryDirectory() as tmp:
         threads = []
         for name in names:  # built one at a time: the next starts once this one waits for its first turn
             ready.clear()
-            thread = threading.Thread(target=run_trainer, args=(name, f"{tmp}/{name}"), name=name)
+            thread = threading.Thread(target=run_trainer, args=(name, f"{tmp}/{name.replace('+', '_')}"), name=name)
             thread.start()
             threads.append(thread)
             ready.wait()
@@ -339,7 +354,7 @@ def worker(args: argparse.Namespace) -> dict:
             thread.join()
     if errors:
         raise errors[0]
-    return results
+    return {"trainers": results, "device_name": _device_name(args.device), "versions": _versions()}
 
 
 def summarize_steps(trainer, times: list[float], turns, built: int, args: argparse.Namespace) -> dict:
@@ -391,40 +406,49 @@ def run_all(args: argparse.Namespace) -> dict:
         raise SystemExit("--vllm on, but vllm is not importable: pip install -r benchmarks/requirements-gpu.txt vllm")
     started = time.perf_counter()
     rows: list[dict] = []
+    meta: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(write_model(Path(tmp) / "model", args.model, device=args.device))
-        _log(started, f"wrote a random {args.model} Qwen2 model to {model_dir}")
+        model_dir = str(Path(tmp) / "model")  # written by the first worker
         for repeat in range(args.repeats):
             shift = repeat % len(args.trainers)
             order = [*args.trainers[shift:], *args.trainers[:shift]]
+            # Each child: (backend, entries). Transformers generation: every trainer of a checkpointing setting in
+            # turns in one process (or, with --one-process, of every setting); vLLM colocate: one engine per
+            # process, so one trainer per process (not in turns).
+            children: list[tuple[str, list[str]]] = []
             for backend, gc in configurations(args, vllm):
-                # vLLM colocate: one engine per process, so one trainer per process (not in turns).
-                groups = [order] if backend == "transformers" else [[name] for name in order]
-                for group in groups:
-                    t0 = time.perf_counter()
-                    child = [
-                        "--worker", "--device", args.device, "--model", args.model, "--model-dir", model_dir,
-                        "--task", args.task, "--trainers", ",".join(group), "--batch-size", str(args.batch_size),
-                        "--completion-length", str(args.completion_length), "--num-generations",
-                        str(args.num_generations), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                        "--backend", backend, "--vllm-memory", str(args.vllm_memory),
-                        "--vllm-max-model-length", str(args.vllm_max_model_length),
-                        *(["--gradient-checkpointing"] if gc else []),
-                    ]  # fmt: skip
-                    result, _ = run_child(child, args.timeout, script=__file__)
-                    for name, summary in result.items():
-                        rows.append({"repeat": repeat, "backend": backend, "gradient_checkpointing": gc,
-                                     "config": _label(backend, gc), "trainer": name, **summary})  # fmt: skip
-                    _log(
-                        started,
-                        f"rep {repeat} {_label(backend, gc)}: "
-                        + " ".join(f"{n} {result[n]['step_time_s'] * 1e3:.0f} ms" for n in group)
-                        + f" ({time.perf_counter() - t0:.0f}s)",
-                    )
+                entries = [_entry(name, gc) for name in order]
+                if backend == "vllm":
+                    children += [(backend, [entry]) for entry in entries]
+                elif args.one_process and children:
+                    children[0][1].extend(entries)
+                else:
+                    children.append((backend, entries))
+            for backend, entries in children:
+                t0 = time.perf_counter()
+                child = [
+                    "--worker", "--device", args.device, "--model", args.model, "--model-dir", model_dir,
+                    "--task", args.task, "--trainers", ",".join(entries), "--batch-size", str(args.batch_size),
+                    "--completion-length", str(args.completion_length), "--num-generations",
+                    str(args.num_generations), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                    "--backend", backend, "--vllm-memory", str(args.vllm_memory),
+                    "--vllm-max-model-length", str(args.vllm_max_model_length),
+                ]  # fmt: skip
+                result, _ = run_child(child, args.timeout, script=__file__)
+                meta = {"device_name": result["device_name"], "versions": result["versions"]}
+                for entry, summary in result["trainers"].items():
+                    name, gc = _parse_entry(entry)
+                    rows.append({"repeat": repeat, "backend": backend, "gradient_checkpointing": gc,
+                                 "config": _label(backend, gc), "trainer": name, **summary})  # fmt: skip
+                _log(
+                    started,
+                    f"rep {repeat} {backend}: "
+                    + " ".join(f"{e} {result['trainers'][e]['step_time_s'] * 1e3:.0f} ms" for e in entries)
+                    + f" ({time.perf_counter() - t0:.0f}s)",
+                )
     return {
         "timing": rows, "wall_s": time.perf_counter() - started, "vllm": vllm, "vllm_importable": vllm_available(),
-        "finished": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "device_name": _device_name(args.device),
-        "versions": _versions(),
+        "finished": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), **meta,
     }  # fmt: skip
 
 
@@ -514,8 +538,9 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
             f"{kv_heads} key/value heads, MLP {intermediate}, vocabulary {vocab:,}, "
             f"{'bf16' if cuda else 'fp32'}, SDPA), random weights. B = {args.batch_size} completions per step "
             f"({args.num_generations} per prompt), each exactly T = {args.completion_length} tokens. "
-            f"{args.steps} steps per trainer and run ({args.warmup} warm-up steps dropped from the times and used to "
-            f"count host syncs), {args.repeats} repeats, all trainers in turns in one process per configuration. "
+            f"{args.steps} steps per trainer and run ({args.warmup} warm-up step(s) dropped from the times and used to "
+            f"count host syncs), {args.repeats} repeats, all trainers in turns in one process "
+            f"{'for every configuration' if args.one_process else 'per configuration'} (vLLM: one per trainer). "
             f"{vllm_note}"
         ),
         "",
@@ -560,8 +585,10 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
                 "in trl_basics' own code, and the total minus that of the TRL parent (the syncs trl_basics adds)."
             ),
             "",
-            "| trainer | step (ms) | fastest (ms) | tokens/s | peak (GiB) | held (GiB) | transient (GiB) | syncs | "
-            "in trl_basics | added over parent |",
+            (
+                "| trainer | step (ms) | fastest (ms) | tokens/s | peak (GiB) | held (GiB) | transient (GiB) | syncs | "
+                "in trl_basics | added over parent |"
+            ),
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name in rows:
@@ -616,6 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--vllm", choices=["auto", "on", "off"], default="auto",
                         help="vLLM colocate generation: auto = when importable and on a GPU.")  # fmt: skip
+    parser.add_argument(
+        "--one-process", action="store_true",
+        help="All checkpointing settings' trainers in turns in one process (on with --tiny; needs the GPU memory "
+        "of every trainer at once).",
+    )  # fmt: skip
     parser.add_argument("--vllm-memory", type=float, default=0.3, help="vllm_gpu_memory_utilization.")
     parser.add_argument("--vllm-max-model-length", type=int, default=1024)
     parser.add_argument("--output", default=str(HERE / "results" / "gpu.md"), help="Markdown written here.")
@@ -626,7 +658,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="transformers", help=argparse.SUPPRESS)
-    parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     if "--worker" in argv:
@@ -639,9 +670,14 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(result, f)
         return 0
     args = parser.parse_args(argv)
-    if args.tiny:
-        args.model, args.batch_size, args.completion_length, args.steps, args.warmup = "tiny", 4, 4, 3, 1
-        args.num_generations = 2
+    if args.tiny:  # smaller defaults; flags given on the command line still win
+        tiny = {"--model": ("model", "tiny"), "--batch-size": ("batch_size", 4), "--completion-length":
+                ("completion_length", 4), "--steps": ("steps", 3), "--warmup": ("warmup", 1),
+                "--num-generations": ("num_generations", 2)}  # fmt: skip
+        for flag, (name, value) in tiny.items():
+            if flag not in argv:
+                setattr(args, name, value)
+        args.one_process = True
     if args.device == "cuda" and args.model == "tiny":
         parser.error("the tiny model is for CPU smoke tests: use --device cpu")
     if args.batch_size % args.num_generations:
