@@ -110,3 +110,33 @@ def test_bad_flags_fail_before_any_work(tmp_path):
     assert proc.returncode == 2 and "--steps must exceed --warmup" in proc.stderr
     proc = _run("gpu.py", "--device", "cpu", "--checkpointing", "maybe", timeout=120)
     assert proc.returncode == 2 and "expected 'on' or 'off', got 'maybe'" in proc.stderr
+
+
+def test_docs_hold_the_gpu_block_and_the_exact_requirements(gpu):
+    from .test_smoke import REPO
+
+    text = (REPO / "docs" / "benchmarks.md").read_text()
+    start, end = gpu.GPU_DOCS_MARKERS
+    block = text.split(start, 1)[1].split(end, 1)[0].strip()
+    # Either no GPU run yet, or the tables a GPU run wrote (never anything in between)
+    assert block == "not yet measured" or (
+        block.startswith("Command: `python benchmarks/gpu.py") and "### transformers, checkpointing off" in block
+    )
+    pins = [
+        line.split("==")
+        for line in (REPO / "benchmarks" / "requirements-gpu.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    ]
+    assert {name for name, _ in pins} >= {"trl", "transformers", "accelerate"}
+    for name, version in pins:
+        assert f"{name} {version}" in text, name
+
+
+def test_update_docs_replaces_only_the_gpu_block(gpu, tmp_path):
+    run = _load("run")
+    page = tmp_path / "page.md"
+    cpu_start, cpu_end = run.DOCS_MARKERS
+    start, end = gpu.GPU_DOCS_MARKERS
+    page.write_text(f"{cpu_start}\ncpu\n{cpu_end}\n{start}\nnot yet measured\n{end}\n")
+    run.update_docs(page, "gpu table\n", gpu.GPU_DOCS_MARKERS)
+    assert page.read_text() == f"{cpu_start}\ncpu\n{cpu_end}\n{start}\ngpu table\n{end}\n"
