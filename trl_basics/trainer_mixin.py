@@ -330,7 +330,7 @@ class TrickTrainerMixin:
         mean = totals[0] / count
         var = (totals[1] / count - mean * mean).clamp(min=0.0)
         big = torch.finfo(values.dtype).max
-        # With no active entry the extremes stay at ±big, as before.
+        # With no active entry the extremes are +big (min) and -big (max).
         extremes = ctx.gather(
             torch.stack([torch.where(active, values, big).min(), -torch.where(active, values, -big).max()]).unsqueeze(0)
         )
