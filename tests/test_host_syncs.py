@@ -196,3 +196,17 @@ def test_pipeline_of_every_rollout_trick_reads_the_host_once(registry, profile_s
     assert torch.isfinite(out.advantages).all()
     assert float(logged["tricks/unscorable_fraction"]) == 0.25
     assert float(logged["tricks/reward_clip/clip_fraction"]) == 0.0
+
+
+def test_deferred_metrics_are_registered_once_even_when_a_subclass_skips_the_trick_setup():
+    class Trainer(TrickTrainerMixin):
+        def __init__(self):
+            self.callbacks = []
+
+        def add_callback(self, callback):
+            self.callbacks.append(callback)
+
+    trainer = Trainer()  # like a subclass that sets its (empty) pipeline up itself
+    first = trainer.deferred_metrics
+    assert isinstance(first, DeferredMetrics) and trainer.deferred_metrics is first
+    assert trainer.callbacks == [first]

@@ -161,9 +161,7 @@ class TrickTrainerMixin:
         )
         # KL shaping needs reference log-probs, which the parent computes only when its beta is non-zero.
         self._kl_shaping = next((t for t in self.trick_pipeline.tricks if t.name == "kl_shaping"), None)
-        # Tensor metrics are read to the host once per optimizer step, all together (see deferred_metrics.py).
-        self.deferred_metrics = DeferredMetrics()
-        self.add_callback(self.deferred_metrics)
+        self.deferred_metrics  # noqa: B018 - registers its callback now
         self._install_guards()
 
     def _install_guards(self) -> None:
@@ -188,6 +186,16 @@ class TrickTrainerMixin:
 
     def _default_estimator(self) -> str | None:
         return self.default_advantage_estimator
+
+    @property
+    def deferred_metrics(self) -> DeferredMetrics:
+        """The metric sink whose tensors are read to the host once per optimizer step, all together (made and
+        registered as a callback on first use, also by subclasses that set their pipeline up themselves)."""
+        deferred = self.__dict__.get("_deferred_metrics")
+        if deferred is None:
+            deferred = self._deferred_metrics = DeferredMetrics()
+            self.add_callback(deferred)
+        return deferred
 
     @property
     def tricks_active(self) -> bool:
