@@ -80,12 +80,27 @@ def attribute(stats: pstats.Stats) -> tuple[float, dict[str, float]]:
     return sum(per_function.values()), per_function
 
 
+def sync_owner(frame) -> str | None:
+    """Who a host read made from ``frame`` is charged to: the innermost frame that belongs to trl_basics (its own
+    code, the kit excluded) gives ``"trl_basics"``, one in a library (TRL, transformers, accelerate, ...) ``"other"``;
+    ``None`` for reads inside ``torch.optim`` (a non-fused AdamW reads its step counters, CPU tensors even when
+    training on a GPU)."""
+    while frame is not None:
+        name = frame.f_code.co_filename.replace(os.sep, "/")
+        if "/torch/optim/" in name:
+            return None
+        if _is_ours(name):
+            return "trl_basics"
+        if _is_parent(name) or "/accelerate/" in name:
+            return "other"
+        frame = frame.f_back
+    return "other"
+
+
 def sync_counter():
     """A dispatch mode counting the ops that copy tensor data to the host (``item``/``float``/``bool`` of a tensor,
-    boolean-mask indexing; ``tolist`` is not seen): on a GPU each waits for the queued kernels. Each is charged to the
-    innermost frame that belongs to trl_basics (its own code, the kit excluded) or to a library (TRL, transformers,
-    ...). Reads inside ``torch.optim`` are not counted: a non-fused AdamW reads its step counters, which stay on the
-    CPU when training on a GPU."""
+    boolean-mask indexing; ``tolist`` is not seen: add [`count_tolist`]): on a GPU each waits for the queued kernels.
+    Each is charged as [`sync_owner`] says; reads inside ``torch.optim`` are not counted."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -94,19 +109,7 @@ def sync_counter():
     class CountSyncs(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func in reads:
-                frame = sys._getframe(1)
-                owner = "other"
-                while frame is not None:
-                    name = frame.f_code.co_filename.replace(os.sep, "/")
-                    if "/torch/optim/" in name:
-                        owner = None  # AdamW's step counters: CPU tensors even when training on a GPU
-                        break
-                    if _is_ours(name):
-                        owner = "trl_basics"
-                        break
-                    if _is_parent(name) or "/accelerate/" in name:
-                        break
-                    frame = frame.f_back
+                owner = sync_owner(sys._getframe(1))
                 if owner is not None:
                     self.counts[owner] += 1
             return func(*args, **(kwargs or {}))
@@ -114,6 +117,35 @@ def sync_counter():
     mode = CountSyncs()
     mode.counts = {"trl_basics": 0, "other": 0}
     return mode
+
+
+class count_tolist:
+    """Inside the block, every ``Tensor.tolist()`` adds one read to ``counter.counts`` (charged as [`sync_owner`]
+    says): ``tolist`` copies to the host without passing the dispatcher, so [`sync_counter`]'s mode alone misses it.
+    Patches ``torch.Tensor.tolist`` for the whole process while open; open it in one thread at a time."""
+
+    def __init__(self, counter) -> None:
+        self.counter = counter
+
+    def __enter__(self):
+        import torch
+
+        self.original = original = torch.Tensor.tolist
+        counts = self.counter.counts
+
+        def tolist(tensor):
+            owner = sync_owner(sys._getframe(1))
+            if owner is not None:
+                counts[owner] += 1
+            return original(tensor)
+
+        torch.Tensor.tolist = tolist
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.Tensor.tolist = self.original
 
 
 def _name(where: str) -> str:
@@ -138,17 +170,20 @@ def profile_trainer(name: str, args: argparse.Namespace, model_dir: str) -> None
     clock = {}
 
     counter = sync_counter()
+    tolists = count_tolist(counter)
 
     class Window(TrainerCallback):
         def on_step_begin(self, a, state, control, **k):
             if state.global_step < args.warmup:
                 counter.__enter__()
+                tolists.__enter__()
             if state.global_step == args.warmup:
                 clock["start"] = time.process_time()
                 profiler.enable()
 
         def on_step_end(self, a, state, control, **k):
             if state.global_step <= args.warmup:
+                tolists.__exit__(None, None, None)
                 counter.__exit__(None, None, None)
             if state.global_step == steps:
                 profiler.disable()
@@ -178,8 +213,8 @@ def profile_trainer(name: str, args: argparse.Namespace, model_dir: str) -> None
     )
     syncs = {k: v / args.warmup for k, v in counter.counts.items()}
     print(
-        "tensor reads to the host per step (item/float/bool of a tensor, boolean masks; each a host-device sync on a "
-        f"GPU; counted in the warm-up steps): trl_basics {syncs['trl_basics']:.0f}, "
+        "tensor reads to the host per step (item/float/bool/tolist of a tensor, boolean masks; each a host-device "
+        f"sync on a GPU; counted in the warm-up steps): trl_basics {syncs['trl_basics']:.0f}, "
         f"TRL and the rest {syncs['other']:.0f}"
     )
     print("top trl_basics functions (self time + direct calls into libraries), ms/step:")

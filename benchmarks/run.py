@@ -127,13 +127,16 @@ def _common_kwargs(output_dir: str, batch_size: int, completion_length: int, num
     }  # fmt: skip
 
 
-def build_trainer(name: str, common: dict, model_dir: str, dataset, reward_func):
-    """The trainer ``name`` with the shared settings ``common`` (torch is imported in the children only)."""
+def build_trainer(name: str, common: dict, model_dir: str, dataset, reward_func, **trainer_kwargs):
+    """The trainer ``name`` with the shared settings ``common`` (torch is imported in the children only).
+
+    ``trainer_kwargs`` go to the trainer's constructor as they are (e.g. ``processing_class``).
+    """
     import trl
 
     import trl_basics as tb
 
-    kwargs = {"model": model_dir, "reward_funcs": reward_func, "train_dataset": dataset}
+    kwargs = {"model": model_dir, "reward_funcs": reward_func, "train_dataset": dataset, **trainer_kwargs}
     if name == "trl_rloo":
         return trl.RLOOTrainer(args=trl.RLOOConfig(**common, beta=0.05), **kwargs)
     if name == "rloo":
@@ -457,14 +460,15 @@ def unit_costs(args: argparse.Namespace, task):
 # --- the parent: interleaving and aggregation ------------------------------------------------------------------------
 
 
-def run_child(argv: list[str], timeout: float) -> tuple[dict, float]:
-    """Run this script as a worker; return its JSON result and its peak RSS in MB (``os.wait4``)."""
+def run_child(argv: list[str], timeout: float, script: str | os.PathLike[str] | None = None) -> tuple[dict, float]:
+    """Run ``script`` (this one by default) as a worker; return its JSON result and its peak RSS in MB
+    (``os.wait4``). The worker writes its result as JSON to the path given after ``--result``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         result_path = tmp.name
     with tempfile.TemporaryFile(mode="w+") as log:
         process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), *argv, "--result", result_path],
+            [sys.executable, str(Path(script or __file__).resolve()), *argv, "--result", result_path],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -633,9 +637,16 @@ def _timing_steps(args: argparse.Namespace, slot: int) -> int:
 
 
 def ratio_interval(
-    results: dict, args: argparse.Namespace, geo: str, num: str, den: str, level: float = 0.9, draws: int = 2000
+    results: dict,
+    args: argparse.Namespace,
+    geo: str,
+    num: str,
+    den: str,
+    level: float = 0.9,
+    draws: int = 2000,
+    key: str = "step_cpu_times_s",
 ) -> tuple[float, float]:
-    """Bootstrap interval of median(num) / median(den) CPU step times.
+    """Bootstrap interval of median(num) / median(den) step times (the per-step list ``key`` of each timing row).
 
     Two levels, so that differences between timing processes count as well as the noise within one: draw the repeats
     with replacement, then within each drawn repeat its rounds with replacement. A round is one step of every trainer,
@@ -646,7 +657,7 @@ def ratio_interval(
     steps: dict[tuple[int, str], list[float]] = {}
     for r in results["timing"]:
         if r["geometry"] == geo and r["trainer"] in (num, den):
-            steps[r["repeat"], r["trainer"]] = r["step_cpu_times_s"][args.warmup :]
+            steps[r["repeat"], r["trainer"]] = r[key][args.warmup :]
     repeats = sorted({key[0] for key in steps if (key[0], num) in steps and (key[0], den) in steps})
     rounds = {rep: list(zip(steps[rep, num], steps[rep, den], strict=False)) for rep in repeats}
     if not repeats:
@@ -904,10 +915,10 @@ def _versions() -> str:
     )
 
 
-def update_docs(path: Path, table: str) -> None:
-    """Replace the block between the markers in ``path`` with ``table``."""
+def update_docs(path: Path, table: str, markers: tuple[str, str] = DOCS_MARKERS) -> None:
+    """Replace the block between the ``markers`` in ``path`` with ``table``."""
     text = path.read_text()
-    start, end = DOCS_MARKERS
+    start, end = markers
     if start not in text or end not in text:
         raise ValueError(f"{path} has no {start} ... {end} block to replace")
     head, rest = text.split(start, 1)

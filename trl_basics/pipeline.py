@@ -153,7 +153,7 @@ class TrickPipeline:
             except Exception as err:
                 raise trick_error(trick, "loss", err) from err
             if term is not None:
-                ctx.log(f"tricks/{trick.name}/loss", float(term.detach()))
+                ctx.log(f"tricks/{trick.name}/loss", term.detach())  # a tensor: read with the step's metrics
                 total = term if total is None else total + term
         return total
 
@@ -180,14 +180,16 @@ def _zero_unscorable(rollout: Rollout, ctx: TrickContext) -> Rollout:
     if rollout.advantages is None:
         return rollout
     unscorable = torch.isnan(rollout.rewards)
-    ctx.log("tricks/unscorable_fraction", float(unscorable.float().mean()) if unscorable.numel() else 0.0)
+    # Metrics are logged as tensors (the trick context reads them to the host with the step's others, in one go).
+    ctx.log("tricks/unscorable_fraction", unscorable.float().mean() if unscorable.numel() else 0.0)
     local_unscorable = rollout.local(unscorable)
     if rollout.advantages.dim() == 2:
         local_unscorable = local_unscorable.unsqueeze(1).expand_as(rollout.advantages)
     # Non-finite values that do not come from an unscorable reward (e.g. a NaN log-prob) are a fault: count them.
     faulty = ~torch.isfinite(rollout.advantages) & ~local_unscorable
-    counts = ctx.reduce_sum(torch.stack([faulty.sum(), torch.tensor(faulty.numel(), device=faulty.device)]).float())
-    ctx.log("tricks/nonfinite_advantage_fraction", float(counts[0] / counts[1].clamp(min=1.0)))
+    size = torch.full((), faulty.numel(), device=faulty.device)  # made on the device: no host-to-device copy
+    counts = ctx.reduce_sum(torch.stack([faulty.sum(), size]).float())
+    ctx.log("tricks/nonfinite_advantage_fraction", counts[0] / counts[1].clamp(min=1.0))
     changes: dict[str, Tensor] = {"advantages": _finite_or_zero(rollout.advantages)}
     if rollout.returns is not None:
         changes["returns"] = _finite_or_zero(rollout.returns)

@@ -24,6 +24,7 @@ import torch
 from accelerate.utils import gather
 
 from .config import TrickArguments
+from .deferred_metrics import DeferredMetrics
 from .guards import (
     GuardedRewardFunction,
     NonFiniteGradientGuard,
@@ -162,6 +163,7 @@ class TrickTrainerMixin:
         self.trick_pipeline = self.build_pipeline()
         # KL shaping needs reference log-probs, which the parent computes only when its beta is non-zero.
         self._kl_shaping = next((t for t in self.trick_pipeline.tricks if t.name == "kl_shaping"), None)
+        self.deferred_metrics  # noqa: B018 - registers its callback now
         self._install_guards()
 
     def _install_guards(self) -> None:
@@ -194,15 +196,23 @@ class TrickTrainerMixin:
         return self.default_advantage_estimator
 
     @property
+    def deferred_metrics(self) -> DeferredMetrics:
+        """The metric sink whose tensors are read to the host once per optimizer step, all together (made and
+        registered as a callback on first use, also by subclasses that set their pipeline up themselves)."""
+        deferred = self.__dict__.get("_deferred_metrics")
+        if deferred is None:
+            deferred = self._deferred_metrics = DeferredMetrics()
+            self.add_callback(deferred)
+        return deferred
+
+    @property
     def tricks_active(self) -> bool:
         return bool(self.trick_pipeline)
 
     def _trick_context(self) -> TrickContext:
         mode = "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
-        return TrickContext.from_accelerator(
-            self.accelerator, global_step=self.state.global_step, log=lambda name, value: metrics[name].append(value)
-        )
+        log = self.deferred_metrics.sink(self._metrics[mode], defer=mode == "train")
+        return TrickContext.from_accelerator(self.accelerator, global_step=self.state.global_step, log=log)
 
     # --- passive recording at TRL's seams -----------------------------------------------------------------------
 
@@ -340,43 +350,48 @@ class TrickTrainerMixin:
         """Add per-sample tensors the loss needs; TRL shuffles and splits every tensor in ``out`` consistently."""
 
     def _log_rollout(self, rollout: Rollout, raw_rewards: torch.Tensor, ctx: TrickContext) -> None:
-        scorable = ~torch.isnan(raw_rewards)
-        ctx.log("reward_raw/mean", float(raw_rewards[scorable].mean()) if scorable.any() else float("nan"))
-        transformed = rollout.rewards[~torch.isnan(rollout.rewards)]
-        if transformed.numel():
-            ctx.log("reward_transformed/mean", float(transformed.mean()))
-            ctx.log("reward_transformed/std", float(transformed.std()) if transformed.numel() > 1 else 0.0)
+        # Tensors, not floats: the trick context reads them to the host with the step's other metrics, in one go.
+        ctx.log("reward_raw/mean", raw_rewards.nanmean())  # NaN when no completion could be scored
+        rewards = rollout.rewards
+        scorable = ~torch.isnan(rewards)
+        count = scorable.sum()
+        mean = torch.where(scorable, rewards, 0.0).sum() / count  # NaN when none is scorable
+        squares = torch.where(scorable, (rewards - mean).square(), 0.0).sum()
+        ctx.log("reward_transformed/mean", mean)
+        std = (squares / (count - 1).clamp(min=1)).sqrt()  # 0 for a single one
+        ctx.log("reward_transformed/std", torch.where(count > 0, std, torch.nan))
         if rollout.ref_logprobs is not None and rollout.logprobs is not None:
             # KL of the sampling policy to the reference, per token (k1), whatever estimator the penalty uses.
             mask = rollout.completion_mask
             stats = ctx.reduce_sum(
                 torch.stack([((rollout.logprobs - rollout.ref_logprobs) * mask).sum(), mask.sum().to(torch.float32)])
             )
-            ctx.log("kl_to_ref/k1_token_mean", float(stats[0] / stats[1].clamp(min=1.0)))
+            ctx.log("kl_to_ref/k1_token_mean", stats[0] / stats[1].clamp(min=1.0))
         self._log_distribution(ctx, "advantages", rollout.advantages, rollout.completion_mask)
         if rollout.returns is not None:
             self._log_distribution(ctx, "returns", rollout.returns, rollout.completion_mask)
 
     def _log_distribution(self, ctx: TrickContext, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
-        """Global mean/std/min/max of a (B,) or (B, T) tensor over active entries, in one reduce and one gather."""
+        """Global mean/std/min/max of a (B,) or (B, T) tensor over active entries, in one reduce and one gather.
+
+        No host read: masked reductions instead of boolean indexing (whose size the host must know).
+        """
         active = mask.bool() if values.dim() == 2 else mask.bool().any(dim=1)
         values = values.float()
-        picked = values[active]
-        totals = ctx.reduce_sum(
-            torch.stack([picked.sum(), (picked * picked).sum(), torch.tensor(float(picked.numel()), device=values.device)])
-        )
+        picked = torch.where(active, values, 0.0)
+        totals = ctx.reduce_sum(torch.stack([picked.sum(), (picked * picked).sum(), active.sum().float()]))
         count = totals[2].clamp(min=1.0)
         mean = totals[0] / count
         var = (totals[1] / count - mean * mean).clamp(min=0.0)
         big = torch.finfo(values.dtype).max
+        # With no active entry the extremes are +big (min) and -big (max).
         extremes = ctx.gather(
-            torch.stack([picked.min() if picked.numel() else values.new_tensor(big),
-                         -(picked.max() if picked.numel() else values.new_tensor(-big))]).unsqueeze(0)
-        )  # fmt: skip
-        ctx.log(f"{name}/mean", float(mean))
-        ctx.log(f"{name}/std", float(var.sqrt()))
-        ctx.log(f"{name}/min", float(extremes[:, 0].min()))
-        ctx.log(f"{name}/max", float(-extremes[:, 1].min()))
+            torch.stack([torch.where(active, values, big).min(), -torch.where(active, values, -big).max()]).unsqueeze(0)
+        )
+        ctx.log(f"{name}/mean", mean)
+        ctx.log(f"{name}/std", var.sqrt())
+        ctx.log(f"{name}/min", extremes[:, 0].min())
+        ctx.log(f"{name}/max", -extremes[:, 1].min())
 
     # --- update ---------------------------------------------------------------------------------------------------
 
@@ -391,7 +406,7 @@ class TrickTrainerMixin:
         with torch.no_grad():
             # Perplexity of the sampled completions under the current policy: exp(-mean log-prob per token).
             stats = ctx.reduce_sum(torch.stack([(per_token_logps * mask).sum(), mask.sum().float()]))
-            ctx.log("perplexity", float(torch.exp(-stats[0] / stats[1].clamp(min=1.0))))
+            ctx.log("perplexity", torch.exp(-stats[0] / stats[1].clamp(min=1.0)))
         extra = self.trick_pipeline.loss(
             LossInputs(
                 logprobs=per_token_logps,

@@ -49,7 +49,8 @@ class TrickContext:
     gather: Callable[[Tensor], Tensor] = _identity
     num_processes: int = 1
     global_step: int = 0
-    log: Callable[[str, float], None] = lambda name, value: None
+    # A metric value is a float or a one-element tensor; the trainers read tensors to the host once per step.
+    log: Callable[[str, float | Tensor], None] = lambda name, value: None
 
     @classmethod
     def from_accelerator(cls, accelerator: Any, global_step: int = 0, log=None) -> TrickContext:

@@ -198,11 +198,13 @@ class RunningMoments:
         batch_mean_t, batch_var_t = _moments_from_sums(count_t, total, total_sq, ddof=1)
         out_dtype = float_dtype(x)
         batch_out = (batch_mean_t.to(out_dtype), batch_var_t.sqrt().to(out_dtype))
-        batch_count = float(count_t)
+        # One read to the host for the three numbers (each read waits for the device).
+        batch_count, batch_mean, batch_var = torch.stack(
+            [count_t.to(torch.float64), batch_mean_t.to(torch.float64), batch_var_t.to(torch.float64)]
+        ).tolist()
         if batch_count == 0:
             return batch_out
-        batch_mean = float(batch_mean_t)
-        batch_m2 = float(batch_var_t) * max(batch_count - 1.0, 1.0)
+        batch_m2 = batch_var * max(batch_count - 1.0, 1.0)
         new_count = self._count + batch_count
         delta = batch_mean - self._mean
         new_mean = self._mean + delta * batch_count / new_count

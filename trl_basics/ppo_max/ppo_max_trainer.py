@@ -332,7 +332,7 @@ class PPOMaxTrainer(GRPOTrickTrainer):
         mask = rollout.completion_mask
         # How much of the return variance the critic explained *before* it trained on this batch (Schulman 2016).
         ev = explained_variance(rollout.values, rollout.returns, mask, reduce_fn=ctx.distributed_reduce)
-        ctx.log("value/explained_variance", float(ev))
+        ctx.log("value/explained_variance", ev)
         self._log_distribution(ctx, "value/old_values", rollout.values, mask)
 
     # --- update -----------------------------------------------------------------------------------------------------
@@ -396,8 +396,9 @@ class PPOMaxTrainer(GRPOTrickTrainer):
                 reduction="sum",
             )
         count = stats[2].clamp(min=1.0)
-        self._metrics[mode]["value/loss"].append(float(stats[0] / count))
-        self._metrics[mode]["value/clip_fraction"].append(float(stats[1] / count))
+        log = self.deferred_metrics.sink(self._metrics[mode], defer=mode == "train")  # read once per step
+        log("value/loss", stats[0] / count)
+        log("value/clip_fraction", stats[1] / count)
 
     def _critic_optimizer_step(self, mode: str) -> None:
         args = self.args
@@ -421,7 +422,7 @@ class PPOMaxTrainer(GRPOTrickTrainer):
             # A NaN/inf gradient (already reduced, so every process agrees) would poison the critic: skip the step.
             self._metrics[mode]["value/skipped_steps"].append(1.0)
         self.critic_optimizer.zero_grad(set_to_none=True)
-        self._metrics[mode]["value/grad_norm"].append(float(grad_norm))
+        self.deferred_metrics.sink(self._metrics[mode], defer=mode == "train")("value/grad_norm", grad_norm)
         self._metrics[mode]["value/learning_rate"].append(args.critic_learning_rate * scale)
 
     # --- checkpoints ------------------------------------------------------------------------------------------------

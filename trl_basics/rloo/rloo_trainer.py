@@ -183,8 +183,9 @@ class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
             torch.stack([(clipped.float() * mask).sum(), (entropies * mask).sum(), mask.sum()]), reduction="sum"
         )
         count = stats[2].clamp(min=1.0)
-        self._metrics[mode]["clip_ratio/region_mean"].append((stats[0] / count).item())
-        self._metrics[mode]["entropy"].append((stats[1] / count).item())
+        log = self.deferred_metrics.sink(self._metrics[mode], defer=mode == "train")  # read once per step
+        log("clip_ratio/region_mean", stats[0] / count)
+        log("entropy", stats[1] / count)
         return loss
 
 

@@ -83,7 +83,7 @@ class AdvantageClipping(Trick):
         active = ~torch.isnan(advantages) if mask is None else (mask.bool() & ~torch.isnan(advantages))
         clipped = (advantages.abs() > self.bound) & active
         totals = ctx.reduce_sum(torch.stack([clipped.sum(), active.sum()]).to(torch.float32))
-        ctx.log("clip_fraction", float(totals[0] / totals[1].clamp(min=1.0)))
+        ctx.log("clip_fraction", totals[0] / totals[1].clamp(min=1.0))
         return rollout.replace(advantages=advantages.clamp(-self.bound, self.bound))
 
 

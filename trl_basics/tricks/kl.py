@@ -125,8 +125,11 @@ class KLShaping(Trick):
         # placement == "loss": the rollout is left alone; `loss` adds the term during the update.
 
         # The controller and the metric see the global mean of the per-sequence KL sum (Ziegler et al. 2019).
-        totals = ctx.reduce_sum(torch.stack([kl.sum(), torch.tensor(float(kl.shape[0]), dtype=kl.dtype)]))
-        mean_sequence_kl = float(totals[0] / totals[1].clamp(min=1.0))
+        # The sequence count is made on kl's device (a CPU tensor cannot be stacked with a GPU one).
+        sequences = torch.full((), kl.shape[0], dtype=kl.dtype, device=kl.device)
+        totals = ctx.reduce_sum(torch.stack([kl.sum(), sequences]))
+        # A tensor: the metric is read with the step's others; only the adaptive controller reads it at once.
+        mean_sequence_kl = totals[0] / totals[1].clamp(min=1.0)
         num_samples = int(rollout.rewards.shape[0])
         ctx.log(f"{self.estimator}_sequence_mean", mean_sequence_kl)
         ctx.log("coef", beta)

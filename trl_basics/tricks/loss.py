@@ -35,7 +35,7 @@ class EntropyBonus(Trick):
         if inputs.entropies is None:
             raise ValueError("entropy_bonus needs per-token entropies in the loss inputs; the trainer gave none")
         mean_entropy = masked_mean(inputs.entropies, inputs.completion_mask.to(inputs.entropies.dtype))
-        ctx.log("mean_entropy", float(mean_entropy.detach()))
+        ctx.log("mean_entropy", mean_entropy.detach())
         if self.target is None:
             return -self.coef * mean_entropy
         return self.coef * (mean_entropy - self.target).abs()

@@ -105,8 +105,8 @@ class RewardClipping(Trick):
     def apply(self, rollout: Rollout, ctx: TrickContext) -> Rollout:
         rewards = rollout.rewards
         scorable = ~torch.isnan(rewards)
-        clipped = (rewards[scorable].abs() > self.bound).float()
-        ctx.log("clip_fraction", float(clipped.mean()) if clipped.numel() else 0.0)
+        clipped = (rewards.abs() > self.bound) & scorable
+        ctx.log("clip_fraction", clipped.sum() / scorable.sum().clamp(min=1))  # 0 when nothing is scorable
         return rollout.replace(rewards=clip_rewards(rewards, self.bound))
 
 

@@ -29,7 +29,7 @@ class LengthPenalty(Trick):
         lengths = rollout.completion_lengths.to(rollout.rewards.dtype)
         excess = lengths if self.target_length is None else (lengths - self.target_length).abs()
         penalty = self.coef * excess
-        ctx.log("mean_penalty", float(penalty.mean()) if penalty.numel() else 0.0)
+        ctx.log("mean_penalty", penalty.mean() if penalty.numel() else 0.0)  # a tensor: read with the step's metrics
         # NaN (unscorable) rewards stay NaN: NaN - x = NaN.
         return rollout.replace(rewards=rollout.rewards - penalty)
 
