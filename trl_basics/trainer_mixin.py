@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from accelerate.utils import gather
 
+from .callbacks import install_collapse_alarm
 from .config import TrickArguments
 from .guards import (
     GuardedRewardFunction,
@@ -170,6 +171,7 @@ class TrickTrainerMixin:
             on_skip=lambda total: self._metrics["train"]["guard/skipped_steps"].append(float(total))
         )
         self.add_callback(self.gradient_guard)
+        install_collapse_alarm(self)  # config field `collapse_alarm`; logs collapse/* every step
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         check_prompt_lengths(
             self.train_dataset,

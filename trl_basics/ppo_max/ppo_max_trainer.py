@@ -32,7 +32,6 @@ from trl.trainer.utils import get_config_model_id
 from ..functional import clipped_value_loss, explained_variance
 from ..grpo_base import GRPOTrickTrainer
 from ..types import Rollout, TrickContext
-from .callbacks import CollapseAlarmCallback
 from .critic import (
     critic_values,
     disable_dropout,
@@ -101,16 +100,6 @@ class PPOMaxTrainer(GRPOTrickTrainer):
         self._setup_tricks(plugin_manager)
         self._setup_ptx(ptx_dataset)
         self.add_callback(_FreezeActorCallback(self))
-        self.collapse_alarm = None
-        if config.collapse_alarm != "off":
-            kl_key = f"tricks/kl_shaping/{config.kl_estimator}_sequence_mean" if self._kl_shaping is not None else None
-            self.collapse_alarm = CollapseAlarmCallback(
-                mode=config.collapse_alarm,
-                max_completion_length=config.max_completion_length,
-                kl_key=kl_key,
-                window=config.collapse_alarm_window,
-            )
-            self.add_callback(self.collapse_alarm)
 
     # --- critic set-up --------------------------------------------------------------------------------------------
 
