@@ -347,3 +347,41 @@ def install_collapse_alarm(trainer) -> CollapseAlarmCallback | None:
     )
     trainer.add_callback(trainer.collapse_alarm)
     return trainer.collapse_alarm
+
+
+class TrainerMemoryMark(TrainerCallback):
+    """Logs ``memory/rss_built_mb`` once, at the first step: this process's resident memory when training began.
+
+    The peak resident memory of the process minus this is what training adds to the built trainer (generation,
+    activations, optimizer state), the measure ``trl-basics compare`` reports and ``benchmarks/run.py`` uses.
+    """
+
+    def __init__(self, metrics: dict) -> None:
+        self.metrics = metrics
+        self.rss_mb: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.rss_mb = current_rss_mb()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.rss_mb is not None:
+            self.metrics["train"]["memory/rss_built_mb"].append(self.rss_mb)
+            self.rss_mb = None
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident set size in MB (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def install_monitors(trainer) -> None:
+    """What every trl_basics trainer watches: the collapse alarm (per its config) and the memory mark."""
+    install_collapse_alarm(trainer)
+    trainer.add_callback(TrainerMemoryMark(trainer._metrics))

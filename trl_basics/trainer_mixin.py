@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from accelerate.utils import gather
 
-from .callbacks import install_collapse_alarm
+from .callbacks import install_monitors
 from .config import TrickArguments
 from .guards import (
     GuardedRewardFunction,
@@ -171,7 +171,7 @@ class TrickTrainerMixin:
             on_skip=lambda total: self._metrics["train"]["guard/skipped_steps"].append(float(total))
         )
         self.add_callback(self.gradient_guard)
-        install_collapse_alarm(self)  # config field `collapse_alarm`; logs collapse/* every step
+        install_monitors(self)  # the collapse alarm (config field `collapse_alarm`, collapse/* metrics), memory
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         check_prompt_lengths(
             self.train_dataset,

@@ -94,7 +94,7 @@ class PPOMaxTrainer(GRPOTrickTrainer):
         plugin_manager: Any = None,
         **kwargs: Any,
     ) -> None:
-        config = self._init_parent(args, kwargs)  # beta stays 0: GRPO's own KL term in the loss stays off
+        self._init_parent(args, kwargs)  # beta stays 0: GRPO's own KL term in the loss stays off
         # The critic first: it looks for a reward model among the reward functions as the parent set them up.
         self._setup_critic(critic_model, critic_peft_config)
         self._setup_tricks(plugin_manager)
