@@ -76,7 +76,7 @@ def test_fires_on_the_recorded_real_collapse_at_its_step_and_only_there(name, ca
 
 
 def test_stop_mode_stops_at_the_collapse():
-    callback, control, logged = replay("demo_rloo_lr3e-3_seed0", mode="stop")
+    _, control, logged = replay("demo_rloo_lr3e-3_seed0", mode="stop")
     assert control.should_training_stop and len(logged) == 60
 
 

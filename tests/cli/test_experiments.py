@@ -45,7 +45,8 @@ def test_t_is_shown_rounded_towards_zero_so_it_never_reads_as_the_threshold():
     assert format_t(2.996) == "2.99" and format_t(3.0) == "3.00" and format_t(-2.996) == "-2.99"
     run = RunResult("r", "rloo", history([0.0, 0.1, 0.0, 0.1, 0.0, 0.1]), 0.0, 1.0)
     cell = table_rows([run])[0]["reward rise: first → last 20% (Welch t)"]
-    assert cell.endswith(f"(< {RISE_T_THRESHOLD:g})") or cell.endswith(f"(≥ {RISE_T_THRESHOLD:g})")
+    # means 1/30 and 2/30, variances 1/300 each: t = (1/30) / sqrt(2/900) = 0.7071, shown truncated
+    assert cell == "0.03 → 0.07, t = 0.70 (< 3)"
 
 
 def test_short_runs_say_why_there_is_no_rise_test():
@@ -172,7 +173,7 @@ def pasted_command(report: Path) -> list[str]:
 @pytest.mark.slow
 def test_ablate_switches_each_trick_off_and_its_command_runs_when_pasted(tmp_path):
     out = tmp_path / "ablate"
-    argv = ["ablate", "reinforce_pp", "--output_dir", str(out), "--max_steps", "6", "--reward_norm", "running"]
+    argv = ["ablate", "reinforce_pp", "--output_dir", str(out), "--max_steps", "3", "--reward_norm", "running"]
     assert main(argv) == 0
     report = (out / "report.md").read_text()
     for row in ("all tricks", "without reward_norm", "without kl_shaping", "without advantage_whiten"):
@@ -191,7 +192,7 @@ def test_ablate_switches_each_trick_off_and_its_command_runs_when_pasted(tmp_pat
     again = tmp_path / "again"
     result = subprocess.run(
         [str(executable), *command[1:], "--max_steps", "1", "--output_dir", str(again)],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert (again / "report.md").exists() and "| without kl_shaping |" in (again / "report.md").read_text()
