@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from transformers import TrainerCallback
 
+from .config import COLLAPSE_ALARM_CHOICES
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,7 +58,6 @@ LENGTH_KEY = "completions/mean_length"
 PERPLEXITY_KEY = "perplexity"
 REWARD_KEY = "reward"
 ENTROPY_KEY = "entropy"
-COLLAPSE_ALARM_CHOICES = ("off", "warn", "stop")
 COLLAPSE_SIGNALS = (
     "length_at_cap", "perplexity_to_one", "kl_spike", "reward_rising", "reward_drop_after_rise", "entropy_jump",
 )  # fmt: skip
