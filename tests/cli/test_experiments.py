@@ -172,27 +172,26 @@ def pasted_command(report: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_ablate_switches_each_trick_off_and_its_command_runs_when_pasted(tmp_path):
+    """One ablation, started exactly as its report's "Produced by" line reads, pasted into a shell."""
     out = tmp_path / "ablate"
-    argv = ["ablate", "reinforce_pp", "--output_dir", str(out), "--max_steps", "3", "--reward_norm", "running"]
-    assert main(argv) == 0
+    argv = ["--output_dir", str(out), "--max_steps", "3", "--reward_norm", "running"]
+    line = experiments._command_line("ablate reinforce_pp", argv)
+    assert line.startswith("trl-basics ablate reinforce_pp --output_dir ")  # not 'ablate reinforce_pp' quoted
+    bin_dir = str(Path(sys.executable).parent)  # where the `trl-basics` entry point is installed
+    result = subprocess.run(
+        line, shell=True, capture_output=True, text=True, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PATH": bin_dir + os.pathsep + os.environ["PATH"]},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert " ".join(pasted_command(out / "report.md")) == " ".join(shlex.split(line))  # the report shows that line
     report = (out / "report.md").read_text()
     for row in ("all tricks", "without reward_norm", "without kl_shaping", "without advantage_whiten"):
         assert f"| {row} |" in report, row
     assert "Disabled in turn: `reward_norm` (reward_norm='none')" in report
     assert "*kl* plot: not logged by without kl_shaping" in report  # listed, not silently dropped
+    assert "without kl_shaping" in result.stdout and "verdict" in result.stdout  # the table, in the terminal
     # The variant's override really reached the run: no reward_norm metric in the run without it.
     history_ = json.loads((out / "runs" / "without_reward_norm" / "trainer_state.json").read_text())["log_history"]
     assert not any("tricks/reward_norm/running_std" in entry for entry in history_)
     history_ = json.loads((out / "runs" / "all_tricks" / "trainer_state.json").read_text())["log_history"]
     assert any("tricks/reward_norm/running_std" in entry for entry in history_)
-    # "Produced by" runs when pasted into a shell (here reduced to 1 step, in another folder).
-    command = pasted_command(out / "report.md")
-    assert command[:3] == ["trl-basics", "ablate", "reinforce_pp"]
-    executable = Path(sys.executable).with_name("trl-basics")
-    again = tmp_path / "again"
-    result = subprocess.run(
-        [str(executable), *command[1:], "--max_steps", "1", "--output_dir", str(again)],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (again / "report.md").exists() and "| without kl_shaping |" in (again / "report.md").read_text()
