@@ -24,6 +24,7 @@ TRICK_OFF_FLAGS: dict[str, dict[str, Any]] = {
     "entropy_bonus": {"entropy_bonus_coef": 0.0, "entropy_bonus_target": None},
 }
 KL_PLACEMENT_CHOICES = ("token_reward", "sequence_reward", "loss")
+COLLAPSE_ALARM_CHOICES = ("off", "warn", "stop")
 
 
 @dataclass
@@ -96,6 +97,14 @@ class TrickArguments:
         Coefficient of the entropy bonus; `0` is off.
     entropy_bonus_target (`float` or `None`, *optional*, defaults to `None`):
         If set, penalise |mean entropy - target| instead of rewarding entropy (PPO-max App. B.3).
+
+    > Parameters that control the collapse alarm (every trainer; see `docs/reliability.md`)
+
+    collapse_alarm (`str`, *optional*, defaults to `"warn"`):
+        Watch every step for a policy collapse and log `collapse/*` metrics: `"off"`, `"warn"` (log a warning) or
+        `"stop"` (warn and stop training).
+    collapse_alarm_window (`int`, *optional*, defaults to `10`):
+        Steps per window the alarm compares.
 
     > Parameters that select third-party tricks
 
@@ -197,6 +206,16 @@ class TrickArguments:
         default=None,
         metadata={"help": "If set, penalise |mean entropy - target| instead of rewarding entropy (PPO-max)."},
     )
+    collapse_alarm: str = field(
+        default="warn",
+        metadata={
+            "help": "Collapse alarm: 'off', 'warn' or 'stop' (warn and stop training). Logs collapse/* every step.",
+            "choices": list(COLLAPSE_ALARM_CHOICES),
+        },
+    )
+    collapse_alarm_window: int = field(
+        default=10, metadata={"help": "Steps per window compared by the collapse alarm."}
+    )
     tricks: list[str] = field(
         default_factory=list,
         metadata={"help": "Plugin tricks to switch on by name, in the order they run within their stage."},
@@ -251,6 +270,11 @@ def validate_trick_arguments(args: Any, registry: Any = None) -> None:
         _refuse(f"reward_norm={args.reward_norm!r} is not a valid choice", f"Use one of {REWARD_NORM_CHOICES}")
     if args.kl_placement not in KL_PLACEMENT_CHOICES:
         _refuse(f"kl_placement={args.kl_placement!r} is not a valid choice", f"Use one of {KL_PLACEMENT_CHOICES}")
+    alarm = getattr(args, "collapse_alarm", "warn")
+    if alarm not in COLLAPSE_ALARM_CHOICES:
+        _refuse(f"collapse_alarm={alarm!r} is not a valid choice", f"Use one of {COLLAPSE_ALARM_CHOICES}")
+    if getattr(args, "collapse_alarm_window", 10) < 1:
+        _refuse(f"collapse_alarm_window={args.collapse_alarm_window} must be >= 1", "Use a window of at least 1 step")
     for name in ("reward_clip", "advantage_clip", "kl_clamp", "kl_clamp_log_ratio", "kl_target"):
         value = getattr(args, name)
         if value is not None and not value > 0:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from accelerate.utils import gather
 
+from .callbacks import install_monitors
 from .config import TrickArguments
 from .deferred_metrics import DeferredMetrics
 from .guards import (
@@ -174,6 +175,7 @@ class TrickTrainerMixin:
             on_skip=lambda total: self._metrics["train"]["guard/skipped_steps"].append(float(total))
         )
         self.add_callback(self.gradient_guard)
+        install_monitors(self)  # the collapse alarm (config field `collapse_alarm`, collapse/* metrics), memory
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         check_prompt_lengths(
             self.train_dataset,

@@ -25,7 +25,7 @@ PRESETS = ["reward_norm", "reward_clip", "kl_coef", "advantage_estimator", "gae_
 def test_the_config_adds_the_expected_fields():
     expected = ["critic_model_path", "critic_init", "critic_learning_rate", "critic_max_grad_norm",
                 "critic_warmup_steps", "value_clip", "ptx_coef", "ptx_batch_size", "ptx_max_length",
-                "ptx_text_field", "collapse_alarm", "collapse_alarm_window"]  # fmt: skip
+                "ptx_text_field"]  # fmt: skip
     assert sorted(expected) == OWN_FIELDS
 
 

@@ -48,3 +48,4 @@ def test_reward_rises_value_loss_falls_explained_variance_rises(tmp_path, tiny_m
     assert after <= 0.5 * before, summary
     before, after = summary["explained_variance"]
     assert after >= before + 0.15 and after >= 0.3, summary
+    assert logged(trainer, "collapse/alarm") == [0.0] * STEPS  # the collapse alarm: every step, silent

@@ -38,3 +38,5 @@ def test_mean_reward_rises(name, tmp_path, tiny_model_dir, task):
     before, after = sum(rewards[:WINDOW]) / WINDOW, sum(rewards[-WINDOW:]) / WINDOW
     print(f"{name}: mean reward {before:.3f} -> {after:.3f}")
     assert after >= before + MARGIN, (before, after)
+    # The collapse alarm runs on every trainer, logs every step, and stays silent on a healthy run.
+    assert logged(trainer, "collapse/alarm") == [0.0] * STEPS

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
+from transformers import TrainerCallback
 from trl import TrlParser
 
 from .algorithms import ALGORITHMS, get_algorithm
-from .report import RISE_T_THRESHOLD, RunResult, reward_rise, write_report
+from .report import TERMINAL_COLUMNS, Baseline, RunResult, summary, table_rows, text_table, write_report
 
 DEMO_ALGORITHMS = ["rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo_max", "grpo"]
 
@@ -63,6 +67,13 @@ class DemoArguments(ExperimentArguments):
     output_dir: str = field(default="trl-basics-output/demo", metadata={"help": "Where models, runs and the report go."})
     algorithms: list[str] = field(
         default_factory=lambda: list(DEMO_ALGORITHMS), metadata={"help": "Algorithms to run after SFT and RM training."}
+    )
+    learning_rate: float = field(
+        default=1.5e-3,
+        metadata={
+            "help": "Policy learning rate of the RL runs: half the kit's 3e-3, at which RLOO's policy broke on its "
+            "last step on some seeds and machines."
+        },
     )
     sft_steps: int = field(default=30, metadata={"help": "Supervised fine-tuning steps (32 examples each)."})
     reward_model_steps: int = field(default=100, metadata={"help": "Reward-model training steps (32 pairs each)."})
@@ -111,15 +122,27 @@ def _task_reward_name(task_name: str) -> str:
     return get_task(task_name).reward_func.__name__
 
 
-def run_child(command: list[str], log_path: Path) -> tuple[int, float, float]:
-    """Run ``command``; return (exit code, peak resident memory in MB, wall seconds). Output goes to ``log_path``."""
+REWARD_IN_LOG = re.compile(r"'reward': '?(-?[0-9.eE+-]+|nan)'?")
+
+
+def run_child(command: list[str], log_path: Path, progress: tqdm | None = None) -> tuple[int, float, float]:
+    """Run ``command``; return (exit code, peak resident memory in MB, wall seconds). Output goes to ``log_path``.
+
+    With ``progress``, the bar advances by one for every training step the child logs, showing its current reward.
+    """
     env = {**os.environ}
     env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest and timings stay comparable
     start = time.perf_counter()
-    with open(log_path, "w") as log:
+    with open(log_path, "w") as log, open(log_path) as follow:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            while True:
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if progress is not None:
+                    _advance(progress, follow)
+                if pid:
+                    break
+                time.sleep(0.25)
         except KeyboardInterrupt:
             # The child got the same Ctrl-C: let it save its checkpoint and exit, then stop.
             process.send_signal(signal.SIGINT)
@@ -129,19 +152,64 @@ def run_child(command: list[str], log_path: Path) -> tuple[int, float, float]:
     return process.returncode, usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
+def _advance(progress: tqdm, follow) -> None:
+    """Count the training-step logs (TRL prints one dict per logged step) that arrived in the child's log."""
+    for line in follow.readlines():
+        match = REWARD_IN_LOG.search(line)
+        if match and line.lstrip().startswith("{"):
+            progress.update()
+            progress.set_postfix_str(f"reward {float(match.group(1)):.3f}")
+
+
 def run_training(label: str, algorithm: str, args: ExperimentArguments, extra: list[str], runs_dir: Path) -> RunResult:
+    """One run in a child process. A run that fails returns a result with ``failed`` set: the others go on."""
     run_dir = runs_dir / label
     run_dir.mkdir(parents=True, exist_ok=True)
     command = train_command(algorithm, args, run_dir, extra)
     (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
-    code, peak_mb, wall = run_child(command, run_dir / "train.log")
-    if code != 0:
-        tail = "".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"run {label!r} failed with exit code {code}; last lines of {run_dir / 'train.log'}:\n{tail}")
-    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-    result = RunResult(label, algorithm, history, peak_mb, wall)
+    with tqdm(total=args.max_steps, desc=label, unit="step", leave=True, dynamic_ncols=True) as progress:
+        code, peak_mb, wall = run_child(command, run_dir / "train.log", progress)
+    state = run_dir / "trainer_state.json"
+    if code != 0 or not state.exists():
+        reason = _failure_reason(run_dir / "train.log", code)
+        tqdm.write(f"{label}: failed ({reason}); log: {run_dir / 'train.log'}")
+        return RunResult(label, algorithm, [], peak_mb, wall, failed=reason)
+    history = json.loads(state.read_text())["log_history"]
+    result = RunResult(label, algorithm, history, peak_mb, wall, eval_prompts=args.eval_prompts)
     result.success_rate = task_success_rate(str(run_dir), args)
     return result
+
+
+def _failure_reason(log_path: Path, code: int) -> str:
+    """The exit code and the last error line of the child's log."""
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b|^trl-basics .*error:", line)]
+    last = (errors or lines or ["no output"])[-1]
+    return f"exit code {code}: {last[:200]}"
+
+
+def check_flags(algorithms: list[str], extra: list[str], output_dir: Path) -> None:
+    """Refuse, before any run starts, a flag that some algorithm does not take (or a value its config refuses)."""
+    from .train import make_parser
+
+    if not extra:
+        return
+    for algorithm in dict.fromkeys(algorithms):
+        parser = make_parser(algorithm)
+        probe = ["--output_dir", str(output_dir / "probe"), *extra]
+        try:
+            with _quiet_warnings():
+                *_, remaining = parser.parse_args_and_config(probe, return_remaining_strings=True)
+        except SystemExit:
+            raise ValueError(f"{algorithm} refuses the flags {shlex.join(extra)} (see the message above)") from None
+        except ValueError as err:
+            raise ValueError(f"{algorithm} refuses the flags {shlex.join(extra)}: {err}") from None
+        unknown = [token for token in remaining if token.startswith("--")]
+        if unknown:
+            raise ValueError(
+                f"{algorithm} does not take {', '.join(unknown)}. Drop it, or leave {algorithm} out "
+                f"(`trl-basics train {algorithm} --help` lists its flags)"
+            )
 
 
 def task_success_rate(model_dir: str, args: ExperimentArguments) -> float:
@@ -171,7 +239,8 @@ def task_success_rate(model_dir: str, args: ExperimentArguments) -> float:
 
 
 def _command_line(name: str, argv: list[str]) -> str:
-    return shlex.join(["trl-basics", name, *argv])
+    """The command as a user pastes it: ``name`` may be several words (``ablate reinforce_pp``)."""
+    return shlex.join(["trl-basics", *name.split(), *argv])
 
 
 def _check_algorithms(names: list[str]) -> None:
@@ -187,15 +256,56 @@ def run_compare(argv: list[str]) -> int:
     args, extra = parser.parse_args_and_config(argv, return_remaining_strings=True)
     _check_algorithms(args.algorithms)
     out = Path(args.output_dir)
-    runs = []
-    for algorithm in tqdm(args.algorithms, desc="compare", unit="run"):
-        runs.append(run_training(algorithm, algorithm, args, extra, out / "runs"))
-    report = write_report(
-        runs, out, f"Comparison on kit:{args.task}", command=_command_line("compare", argv),
-        task_metric=f"rewards/{_task_reward_name(args.task)}/mean",
-    )  # fmt: skip
-    print(f"Report: {report}")
-    return 0
+    check_flags(args.algorithms, extra, out)
+    with _quiet_warnings():
+        runs = [run_training(algorithm, algorithm, args, extra, out / "runs") for algorithm in args.algorithms]
+        report = write_report(
+            runs, out, f"Comparison on kit:{args.task}", command=_command_line("compare", argv),
+            task_metric=f"rewards/{_task_reward_name(args.task)}/mean", length_cap=args.max_completion_length,
+        )  # fmt: skip
+    return finish(runs, None, report)
+
+
+def finish(runs: list[RunResult], baseline: Baseline | None, report: Path, strict: bool = False) -> int:
+    """Print the table; exit 1 if a run failed (or, with ``strict``, if a verdict is not ✓), else 0."""
+    print("\n" + text_table(table_rows(runs, baseline), TERMINAL_COLUMNS) + f"\n\nReport: {report}")
+    results = summary(runs, baseline)["runs"].values()
+    if any(r["failed"] for r in results):
+        return 1
+    return 1 if strict and not all(r["passed"] for r in results) else 0
+
+
+@contextmanager
+def _quiet_warnings():
+    """Silence dependency warnings known to be harmless here (deprecations TRL triggers, progress bars of loads)."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - datasets comes with TRL
+        datasets = None
+    with warnings.catch_warnings():
+        for message in KNOWN_HARMLESS_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        try:
+            yield
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+            transformers.logging.enable_progress_bar()
+            if datasets is not None:
+                datasets.enable_progress_bars()
+
+
+KNOWN_HARMLESS_WARNINGS = (
+    r"`gradient_checkpointing` is deprecated",  # transformers 5 renames the field; TRL still sets it
+    r".*`torch_dtype` is deprecated",
+    r".*pin_memory.*no accelerator",
+)
 
 
 # --- ablate ----------------------------------------------------------------------------------------------------------
@@ -256,19 +366,26 @@ def run_ablate(argv: list[str]) -> int:
     out = Path(args.output_dir)
     variants = {"all tricks": {}} | {f"without {name}": overrides for name, overrides in switches.items()}
     runs = []
-    for label, overrides in tqdm(variants.items(), desc=f"ablate {algorithm}", unit="run"):
-        slug = label.replace(" ", "_")
-        flags = strip_flags(extra, set(overrides)) + (variant_flags(out / "runs" / slug, overrides) if overrides else [])
-        runs.append(run_training(slug, algorithm, args, flags, out / "runs"))
-        runs[-1].label = label
-    report = write_report(
-        runs, out, f"Ablation of {algorithm} on kit:{args.task}",
-        preamble="Each row switches one trick off, all else equal (same seed, model, prompts and budget).",
-        command=_command_line(f"ablate {algorithm}", argv),
-        task_metric=f"rewards/{_task_reward_name(args.task)}/mean",
-    )  # fmt: skip
-    print(f"Report: {report}")
-    return 0
+    with _quiet_warnings():
+        for label, overrides in variants.items():
+            slug = label.replace(" ", "_")
+            flags = strip_flags(extra, set(overrides))
+            flags += variant_flags(out / "runs" / slug, overrides) if overrides else []
+            runs.append(run_training(slug, algorithm, args, flags, out / "runs"))
+            runs[-1].label = label
+        disabled = ", ".join(f"`{name}` ({_flag_text(overrides)})" for name, overrides in switches.items())
+        report = write_report(
+            runs, out, f"Ablation of {algorithm} on kit:{args.task}",
+            preamble="Each row switches one trick off, all else equal (same seed, model, prompts and budget). "
+            f"Disabled in turn: {disabled}.",
+            command=_command_line(f"ablate {algorithm}", argv),
+            task_metric=f"rewards/{_task_reward_name(args.task)}/mean", length_cap=args.max_completion_length,
+        )  # fmt: skip
+    return finish(runs, None, report)
+
+
+def _flag_text(overrides: dict) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in overrides.items())
 
 
 # --- demo ------------------------------------------------------------------------------------------------------------
@@ -279,63 +396,69 @@ def run_demo(argv: list[str]) -> int:
     args, extra = parser.parse_args_and_config(argv, return_remaining_strings=True)
     _check_algorithms(args.algorithms)
     out = Path(args.output_dir)
+    check_flags(args.algorithms, extra, out)
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)
-    phases = tqdm(total=3 + len(args.algorithms), desc="demo", unit="phase")
+    start = time.perf_counter()
+    with _quiet_warnings():
+        from ..kit.model import save_tiny_model
 
-    phases.set_postfix_str("tiny model")
-    from ..kit.model import save_tiny_model
+        base = save_tiny_model(models / "initial", seed=args.seed)
+        sft_dir = supervised_fine_tune(str(base), models / "sft", args)
+        sft_success = task_success_rate(str(sft_dir), args)
+        reward_dir, reward_accuracy = train_reward_model(str(sft_dir), models / "reward", args)
+        rl_args = DemoArguments(
+            **{**vars(args), "model_name_or_path": str(sft_dir), "reward_model_name_or_path": str(reward_dir)}
+        )
+        runs = [run_training(algorithm, algorithm, rl_args, extra, out / "runs") for algorithm in args.algorithms]
+        baseline = Baseline(f"SFT (start of RL, {args.sft_steps} steps)", sft_success, args.eval_prompts)
+        preamble = (
+            f"Pipeline: tiny Llama-style model built locally → SFT ({args.sft_steps} steps, task success after SFT "
+            f"{100 * sft_success:.1f}%) → reward model with TRL's RewardTrainer ({args.reward_model_steps} steps, "
+            f"held-out pair accuracy {100 * reward_accuracy:.1f}%) → RL from the SFT model against the reward model, "
+            f"{args.max_steps} steps × {args.completions_per_step} completions for every algorithm, learning rate "
+            f"{args.learning_rate:g}, seed {args.seed}. The task's verifiable reward is logged beside the reward "
+            f"model's (weight 0). Wall time of the whole demo: {time.perf_counter() - start:.0f} s."
+        )
+        report = write_report(
+            runs, out, f"trl-basics demo on kit:{args.task}", preamble=preamble, command=_command_line("demo", argv),
+            task_metric=f"rewards/{_task_reward_name(args.task)}/mean", baseline=baseline,
+            length_cap=args.max_completion_length,
+        )  # fmt: skip
+    data = json.loads((out / "summary.json").read_text())
+    data.update(sft_success_rate=sft_success, reward_model_accuracy=reward_accuracy, seed=args.seed)
+    (out / "summary.json").write_text(json.dumps(data, indent=2))
+    return finish(runs, baseline, report, strict=True)
 
-    base = save_tiny_model(models / "initial", seed=args.seed)
-    phases.update()
 
-    phases.set_postfix_str("SFT")
-    sft_dir = supervised_fine_tune(str(base), models / "sft", args)
-    sft_success = task_success_rate(str(sft_dir), args)
-    phases.update()
+class _PhaseProgress(TrainerCallback):
+    """One progress bar for an in-process training phase: step/total and the latest loss."""
 
-    phases.set_postfix_str("reward model")
-    reward_dir, reward_accuracy = train_reward_model(str(sft_dir), models / "reward", args)
-    phases.update()
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: tqdm | None = None
 
-    rl_args = DemoArguments(**{**vars(args), "model_name_or_path": str(sft_dir), "reward_model_name_or_path": str(reward_dir)})
-    runs = []
-    for algorithm in args.algorithms:
-        phases.set_postfix_str(algorithm)
-        runs.append(run_training(algorithm, algorithm, rl_args, extra, out / "runs"))
-        phases.update()
-    phases.close()
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", dynamic_ncols=True)
 
-    rising = {run.label: reward_rise(run.rewards)[2] >= RISE_T_THRESHOLD for run in runs}
-    preamble = (
-        f"Pipeline: tiny Llama-style model built locally → SFT ({args.sft_steps} steps, task success after SFT "
-        f"{100 * sft_success:.1f}%) → reward model with TRL's RewardTrainer ({args.reward_model_steps} steps, "
-        f"held-out pair accuracy {100 * reward_accuracy:.1f}%) → RL from the SFT model against the reward model, "
-        f"{args.max_steps} steps × {args.completions_per_step} completions for every algorithm, seed {args.seed}. "
-        f"The task's verifiable reward is logged beside the reward model's (weight 0). "
-        f"Rising clearly: {', '.join(k for k, v in rising.items() if v) or 'none'}."
-    )
-    report = write_report(
-        runs, out, f"trl-basics demo on kit:{args.task}", preamble=preamble, command=_command_line("demo", argv),
-        task_metric=f"rewards/{_task_reward_name(args.task)}/mean",
-    )  # fmt: skip
-    summary = {
-        "sft_success_rate": sft_success,
-        "reward_model_accuracy": reward_accuracy,
-        "runs": {
-            run.label: {
-                "reward_first": reward_rise(run.rewards)[0],
-                "reward_last": reward_rise(run.rewards)[1],
-                "rise_t": reward_rise(run.rewards)[2],
-                "success_rate": run.success_rate,
-                "peak_rss_mb": run.peak_rss_mb,
-            }
-            for run in runs
-        },
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"Report: {report}")
-    return 0 if all(rising.values()) else 1
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.set_postfix_str(f"loss {float(logs['loss']):.3f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
+def _with_phase_bar(trainer, desc: str):
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_PhaseProgress(desc))
+    return trainer
 
 
 def _common_trainer_kwargs(output_dir: Path, args: ExperimentArguments, steps: int, learning_rate: float) -> dict:
@@ -344,7 +467,7 @@ def _common_trainer_kwargs(output_dir: Path, args: ExperimentArguments, steps: i
     return dict(
         output_dir=str(output_dir), seed=args.seed, max_steps=steps, learning_rate=learning_rate,
         per_device_train_batch_size=32, logging_steps=10, save_strategy="no", report_to="none",
-        gradient_checkpointing=False, disable_tqdm=False, **machine_defaults(),
+        gradient_checkpointing=False, disable_tqdm=True, **machine_defaults(),
     )  # fmt: skip
 
 
@@ -357,7 +480,7 @@ def supervised_fine_tune(base: str, output_dir: Path, args: DemoArguments) -> Pa
     task = get_task(args.task)
     config = trl.SFTConfig(**_common_trainer_kwargs(output_dir, args, args.sft_steps, 3e-3), max_length=32)
     trainer = trl.SFTTrainer(model=base, args=config, train_dataset=task.make_sft_dataset(4096, seed=args.seed))
-    trainer.train()
+    _with_phase_bar(trainer, "SFT").train()
     trainer.save_model(str(output_dir))
     return output_dir
 
@@ -376,7 +499,7 @@ def train_reward_model(sft_dir: str, output_dir: Path, args: DemoArguments) -> t
         train_dataset=task.make_preference_dataset(4096, seed=args.seed),
         eval_dataset=task.make_preference_dataset(256, seed=20_000 + args.seed),
     )
-    trainer.train()
+    _with_phase_bar(trainer, "reward model").train()
     accuracy = trainer.evaluate()["eval_accuracy"]
     trainer.save_model(str(output_dir))
     return output_dir, accuracy

@@ -13,7 +13,6 @@ from ..config import TrickArguments
 from ..trainer_mixin import single_generation_allowed
 
 CRITIC_INIT_CHOICES = ("reward_model", "policy")
-COLLAPSE_ALARM_CHOICES = ("off", "warn", "stop")
 
 # Settings that reproduce each source (docs/ppo_max.md, "Paper vs released code"). Sampling and batch settings are
 # per process for one process: 128 prompts sampled per round, trained in 4 minibatches of 32, one sample each.
@@ -106,14 +105,6 @@ class PPOMaxConfig(TrickArguments, trl.GRPOConfig):
         Texts are truncated to this many tokens.
     ptx_text_field (`str`, *optional*, defaults to `"text"`):
         Column of `ptx_dataset` holding the text.
-
-    > Parameters that control monitoring
-
-    collapse_alarm (`str`, *optional*, defaults to `"warn"`):
-        Watch the logs for the paper's collapse signature (§5.2: length jumps to the cap, perplexity heads to 1, KL
-        spikes while the reward still rises). `"off"`, `"warn"` (log a warning) or `"stop"` (warn and stop training).
-    collapse_alarm_window (`int`, *optional*, defaults to `10`):
-        Logged steps per window the alarm compares.
     """
 
     # --- critic -------------------------------------------------------------------------------------------------
@@ -160,18 +151,6 @@ class PPOMaxConfig(TrickArguments, trl.GRPOConfig):
     )
     ptx_max_length: int = field(default=256, metadata={"help": "Truncate ptx texts to this many tokens."})
     ptx_text_field: str = field(default="text", metadata={"help": "Column of ptx_dataset that holds the text."})
-    # --- monitoring -------------------------------------------------------------------------------------------------
-    collapse_alarm: str = field(
-        default="warn",
-        metadata={
-            "help": "Collapse alarm (paper §5.2): 'off', 'warn' or 'stop' (warn and stop training).",
-            "choices": list(COLLAPSE_ALARM_CHOICES),
-        },
-    )
-    collapse_alarm_window: int = field(
-        default=10, metadata={"help": "Logged steps per window compared by the collapse alarm."}
-    )
-
     # --- presets of inherited fields (PPO-max, Zheng et al. 2023) ----------------------------------------------------
     reward_norm: str = field(
         default="running",
@@ -225,10 +204,6 @@ class PPOMaxConfig(TrickArguments, trl.GRPOConfig):
             raise ValueError(
                 f"critic_init={self.critic_init!r} is not a valid choice. Use one of {CRITIC_INIT_CHOICES}"
             )
-        if self.collapse_alarm not in COLLAPSE_ALARM_CHOICES:
-            raise ValueError(
-                f"collapse_alarm={self.collapse_alarm!r} is not a valid choice. Use one of {COLLAPSE_ALARM_CHOICES}"
-            )
         # PPO-max samples one completion per prompt: the critic, not the group, is the baseline.
         with single_generation_allowed(self):
             super().__post_init__()
@@ -262,5 +237,3 @@ class PPOMaxConfig(TrickArguments, trl.GRPOConfig):
             raise ValueError(f"ptx_batch_size={self.ptx_batch_size} must be >= 1, or None")
         if self.ptx_max_length < 2:
             raise ValueError(f"ptx_max_length={self.ptx_max_length} must be >= 2 (a next-token loss needs two tokens)")
-        if self.collapse_alarm_window < 1:
-            raise ValueError(f"collapse_alarm_window={self.collapse_alarm_window} must be >= 1")

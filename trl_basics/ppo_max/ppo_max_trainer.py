@@ -32,7 +32,6 @@ from trl.trainer.utils import get_config_model_id
 from ..functional import clipped_value_loss, explained_variance
 from ..grpo_base import GRPOTrickTrainer
 from ..types import Rollout, TrickContext
-from .callbacks import CollapseAlarmCallback
 from .critic import (
     critic_values,
     disable_dropout,
@@ -95,22 +94,12 @@ class PPOMaxTrainer(GRPOTrickTrainer):
         plugin_manager: Any = None,
         **kwargs: Any,
     ) -> None:
-        config = self._init_parent(args, kwargs)  # beta stays 0: GRPO's own KL term in the loss stays off
+        self._init_parent(args, kwargs)  # beta stays 0: GRPO's own KL term in the loss stays off
         # The critic first: it looks for a reward model among the reward functions as the parent set them up.
         self._setup_critic(critic_model, critic_peft_config)
         self._setup_tricks(plugin_manager)
         self._setup_ptx(ptx_dataset)
         self.add_callback(_FreezeActorCallback(self))
-        self.collapse_alarm = None
-        if config.collapse_alarm != "off":
-            kl_key = f"tricks/kl_shaping/{config.kl_estimator}_sequence_mean" if self._kl_shaping is not None else None
-            self.collapse_alarm = CollapseAlarmCallback(
-                mode=config.collapse_alarm,
-                max_completion_length=config.max_completion_length,
-                kl_key=kl_key,
-                window=config.collapse_alarm_window,
-            )
-            self.add_callback(self.collapse_alarm)
 
     # --- critic set-up --------------------------------------------------------------------------------------------
 
