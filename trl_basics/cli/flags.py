@@ -145,12 +145,13 @@ def _convert(value: str, entry: dict, flag: str) -> None:
         )
 
 
-def check_train_args(algorithm: str, argv: list[str], prog: str) -> set[str]:
+def check_train_args(algorithm: str, argv: list[str], prog: str) -> dict:
     """Check every flag of ``argv`` (and the keys of a ``--config`` YAML file) against ``algorithm``'s flags.
 
     Prints the help and exits 0 for ``-h``/``--help``. Raises ``UsageError`` with a "did you mean" for an unknown
     flag or key, and for a value of the wrong type or outside the choices. Returns the names of the fields that
-    the command line or the YAML file set.
+    the command line or the YAML file set, with their values as given (strings from the command line, which win
+    over the YAML file's values).
     """
     described = algorithm_flags(algorithm)
     flags: dict = described["flags"]
@@ -158,7 +159,7 @@ def check_train_args(algorithm: str, argv: list[str], prog: str) -> set[str]:
         sys.stdout.write(described["help"])
         raise SystemExit(0)
     names = sorted({option for option in flags if option.startswith("--") and "-" not in option[2:]})
-    given: set[str] = set()
+    given: dict = {}
     index = 0
     while index < len(argv):
         token = argv[index]
@@ -173,7 +174,7 @@ def check_train_args(algorithm: str, argv: list[str], prog: str) -> set[str]:
                 if index >= len(argv):
                     raise UsageError("--config needs the path of a YAML file.")
                 inline, index = argv[index], index + 1
-            given |= check_config_file(inline, flags)
+            given = check_config_file(inline, flags) | given
             continue
         entry = flags.get(flag)
         if entry is None:
@@ -194,7 +195,7 @@ def check_train_args(algorithm: str, argv: list[str], prog: str) -> set[str]:
             raise UsageError(f"{flag} takes no value.")
         for value in values:
             _convert(value, entry, flag)
-        given.add(entry["dest"])
+        given[entry["dest"]] = values if nargs == "+" else (values[0] if values else None)
     return given
 
 
@@ -208,7 +209,7 @@ def _is_flag(token: str) -> bool:
         return True
 
 
-def check_config_file(path: str, flags: dict) -> set[str]:
+def check_config_file(path: str, flags: dict) -> dict:
     """The keys of a YAML config file, each checked against the known flags (``env`` is TRL's own key)."""
     import yaml
 
@@ -220,7 +221,7 @@ def check_config_file(path: str, flags: dict) -> set[str]:
     except yaml.YAMLError as err:
         raise UsageError(f"the --config file {path!r} is not valid YAML: {err}") from None
     if config is None:
-        return set()
+        return {}
     if not isinstance(config, dict):
         raise UsageError(f"the --config file {path!r} must hold a mapping of flag names to values.")
     dests = {entry["dest"] for entry in flags.values()}
@@ -230,7 +231,7 @@ def check_config_file(path: str, flags: dict) -> set[str]:
         if key not in dests:
             hint = did_you_mean(str(key), dests)
             raise UsageError(f"unknown key {key!r} in the --config file {path!r}.{hint}")
-    return {key for key in config if key != "env"}
+    return {key: value for key, value in config.items() if key != "env"}
 
 
 def main() -> None:

@@ -227,8 +227,8 @@ def _first_line(err: BaseException) -> str:
 # --- models ----------------------------------------------------------------------------------------------------------
 
 
-def check_pretrained(name: str, flag: str) -> dict:
-    """The ``config.json`` of a saved model (local folder or Hub id) as a dict; `UsageError` when it cannot be had."""
+def check_local_pretrained(name: str, flag: str) -> dict | None:
+    """The ``config.json`` of a local saved model as a dict, None for a Hub id; `UsageError` for a bad path."""
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -241,6 +241,14 @@ def check_pretrained(name: str, flag: str) -> dict:
             raise UsageError(f"{flag} {name!r}: config.json cannot be read ({err}).") from None
     if _looks_local(name):
         raise UsageError(f"{flag} {name!r} does not exist. Check the path (a folder written by save_pretrained).")
+    return None
+
+
+def check_pretrained(name: str, flag: str) -> dict:
+    """The ``config.json`` of a saved model (local folder or Hub id) as a dict; `UsageError` when it cannot be had."""
+    local = check_local_pretrained(name, flag)
+    if local is not None:
+        return local
     from transformers import AutoConfig
 
     try:

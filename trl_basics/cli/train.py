@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -21,8 +23,10 @@ from .flags import UsageError, check_train_args
 from .loading import (
     KIT_PREFIX,
     check_dataset_source,
+    check_local_pretrained,
     check_pretrained,
     check_prompt_dataset,
+    check_reward_spec,
     context_length,
     is_kit_model,
     kit_task,
@@ -168,6 +172,20 @@ class OutputGuard:
 # --- building the run ------------------------------------------------------------------------------------------------
 
 
+def precheck(algorithm_name: str, given: dict) -> None:
+    """The checks that need no torch, on the values the command line and the YAML file give."""
+    check_output_dir(str(given.get("output_dir") or f"trl-basics-output/{algorithm_name}"))
+    if not given.get("datasets"):
+        check_dataset_source(str(given.get("dataset_name") or "kit:token_kind"))
+    specs = given.get("reward_funcs") or []
+    for spec in [specs] if isinstance(specs, str) else specs:
+        check_reward_spec(str(spec))
+    for flag in ("model_name_or_path", "reward_model_name_or_path"):
+        value = given.get(flag)
+        if value and not is_kit_model(str(value)):
+            check_local_pretrained(str(value), f"--{flag}")
+
+
 def check_inputs(script_args, config, model_args) -> None:
     """Every cheap check, in the order a user fixes things: where to write, what to train on, rewards, model."""
     check_output_dir(config.output_dir)
@@ -177,7 +195,7 @@ def check_inputs(script_args, config, model_args) -> None:
         check_pretrained(model_args.model_name_or_path, "--model_name_or_path")
 
 
-def load_datasets(script_args, config, explicit: set[str]):
+def load_datasets(script_args, config, explicit: Collection[str]):
     """(train, eval or None) the way TRL's scripts load them: a `datasets:` mixture, else ``--dataset_name``."""
     want_eval = str(getattr(config.eval_strategy, "value", config.eval_strategy)) != "no"
     if script_args.datasets:
@@ -216,7 +234,9 @@ def load_datasets(script_args, config, explicit: set[str]):
     )
 
 
-def fit_completion_length(config, model_config: dict, dataset_name: str, explicit: set[str], kit_model: bool) -> None:
+def fit_completion_length(
+    config, model_config: dict, dataset_name: str, explicit: Collection[str], kit_model: bool
+) -> None:
     """When --max_completion_length was not given and TRL's default does not fit the model, pick one and say so."""
     if "max_completion_length" in explicit or config.max_completion_length is None:
         return
@@ -250,9 +270,7 @@ def resume_value(value):
     return value
 
 
-def build_trainer(
-    algorithm_name: str, script_args, config, model_args, callbacks=(), explicit: set[str] = frozenset()
-):
+def build_trainer(algorithm_name: str, script_args, config, model_args, callbacks=(), explicit: Collection[str] = ()):
     """The trainer for ``algorithm_name``, exactly as a TRL script would build it (call `check_inputs` first)."""
     from trl import get_peft_config
 
@@ -279,10 +297,21 @@ def build_trainer(
     )
 
 
+def _stop_on_sigterm():
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        return None
+
+
 def run(algorithm_name: str, argv: list[str]) -> int:
     prog = f"trl-basics train {algorithm_name}"
     get_algorithm(algorithm_name)
     explicit = check_train_args(algorithm_name, argv, prog)  # fast: no torch yet
+    precheck(algorithm_name, explicit)
     from transformers import TrainerCallback
 
     from ..callbacks import GracefulInterrupt
@@ -300,6 +329,7 @@ def run(algorithm_name: str, argv: list[str]) -> int:
 
     interrupt = GracefulInterrupt()
     guard = OutputGuard(config.output_dir)
+    previous = _stop_on_sigterm()  # until training begins (then GracefulInterrupt takes over), SIGTERM cleans up too
     try:
         trainer = build_trainer(
             algorithm_name, script_args, config, model_args, callbacks=[interrupt, Started()], explicit=explicit
@@ -309,6 +339,9 @@ def run(algorithm_name: str, argv: list[str]) -> int:
         if not Started.began:
             guard.clean()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if interrupt.received is not None:
         print(
             f"Stopped by a signal at step {trainer.state.global_step}; the checkpoint is in {config.output_dir}. "
