@@ -113,8 +113,9 @@ def _task_reward_name(task_name: str) -> str:
 
 def run_child(command: list[str], log_path: Path) -> tuple[int, float, float]:
     """Run ``command``; return (exit code, peak resident memory in MB, wall seconds). Output goes to ``log_path``."""
-    env = {**os.environ}
-    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest and timings stay comparable
+    from .environment import child_environment
+
+    env = child_environment()  # only what the run needs, never a YAML `env:` block (see environment.py)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

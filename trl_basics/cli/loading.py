@@ -164,6 +164,19 @@ def check_dataset_source(dataset_name: str) -> None:
             raise UsageError(
                 f"dataset file {dataset_name!r} is empty. Add prompts (one JSON object with a 'prompt' per line)."
             )
+        if path.is_dir() and _saved_dataset_is_empty(path):
+            raise UsageError(
+                f"dataset {dataset_name!r} has no rows. Give it prompts, or point --dataset_name at another one."
+            )
+
+
+def _saved_dataset_is_empty(path: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` with no data files (``datasets`` fails to load it)."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("_data_files") == []
 
 
 def kit_task(name: str):

@@ -126,6 +126,18 @@ def say(message: str) -> None:
 def check_output_dir(output_dir: str) -> None:
     """Refuse an output folder that cannot be created or written, without creating it."""
     path = Path(output_dir).expanduser().absolute()
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise UsageError(f"cannot create --output_dir {output_dir!r}: the name {part[:40]!r}... is too long.")
+    try:
+        _check_writable(path, output_dir)
+    except OSError as err:
+        raise UsageError(
+            f"cannot use --output_dir {output_dir!r}: {err.strerror}. Choose another --output_dir."
+        ) from None
+
+
+def _check_writable(path: Path, output_dir: str) -> None:
     if path.exists() and not path.is_dir():
         raise UsageError(f"--output_dir {output_dir!r} is a file, not a folder. Choose another --output_dir.")
     ancestor = path
@@ -135,9 +147,6 @@ def check_output_dir(output_dir: str) -> None:
         raise UsageError(
             f"cannot create --output_dir {output_dir!r}: {str(ancestor)!r} is a file. Choose another --output_dir."
         )
-    for part in path.relative_to(ancestor).parts:
-        if len(os.fsencode(part)) > 255:
-            raise UsageError(f"cannot create --output_dir {output_dir!r}: the name {part[:40]!r}... is too long.")
     try:  # the only sure test of "can write here" (root ignores permission bits; some file systems are read-only)
         os.rmdir(tempfile.mkdtemp(prefix=".trl-basics-probe-", dir=ancestor))
     except OSError as err:
@@ -180,6 +189,13 @@ def precheck(algorithm_name: str, given: dict) -> None:
     specs = given.get("reward_funcs") or []
     for spec in [specs] if isinstance(specs, str) else specs:
         check_reward_spec(str(spec))
+    output_dir = Path(str(given.get("output_dir") or f"trl-basics-output/{algorithm_name}")).expanduser()
+    if resume_value(given.get("resume_from_checkpoint")) is True and not any(output_dir.glob("checkpoint-*")):
+        raise UsageError(
+            f"--resume_from_checkpoint {given['resume_from_checkpoint']}: there is no checkpoint in --output_dir "
+            f"{str(output_dir)!r} to resume from. Point --output_dir at the earlier run's folder, or drop the flag to "
+            "start afresh."
+        )
     for flag in ("model_name_or_path", "reward_model_name_or_path"):
         value = given.get(flag)
         if value and not is_kit_model(str(value)):
