@@ -32,6 +32,19 @@ BUG_NOTE = (
 )
 
 
+def smoke_flags(command: str, argv: list[str]) -> list[str]:
+    """With TRL_BASICS_SMOKE set, the demo's SFT and reward-model phases and its evaluation shrink too (each RL run
+    is capped by `train`)."""
+    if command != "demo" or os.environ.get("TRL_BASICS_SMOKE", "").strip() in ("", "0"):
+        return argv
+    given = {token.split("=", 1)[0] for token in argv}
+    extra = [["--sft_steps", "2"], ["--reward_model_steps", "2"], ["--eval_prompts", "16"]]
+    extra = [pair for pair in extra if pair[0] not in given]
+    if extra:
+        print(f"trl-basics: TRL_BASICS_SMOKE is set: {' '.join(' '.join(pair) for pair in extra)}", file=sys.stderr)
+    return argv + [token for pair in extra for token in pair]
+
+
 def main(argv: list[str] | None = None) -> int:
     from .algorithms import ALGORITHMS
     from .flags import did_you_mean
@@ -59,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return run(rest[0], rest[1:])
         if command in ("demo", "compare", "ablate"):
             from . import experiments
+
+            rest = smoke_flags(command, rest)
 
             return getattr(experiments, f"run_{command}")(rest)
         from ..plugins import Registry, describe
