@@ -43,14 +43,15 @@ def test_train_help_explains_every_trick_flag(capsys):
     [
         (["train"], "name an algorithm first"),
         (["train", "ppo"], "unknown algorithm 'ppo'"),
-        (["train", "rloo", "--reward_funcs", "no_such_module:fn"], "cannot import module 'no_such_module'"),
-        (["train", "rloo", "--reward_funcs", "os.path"], "must look like 'package.module:function'"),
+        (["train", "rloo", "--reward_funcs", "no_such_module:fn"], "cannot find module 'no_such_module'"),
+        (["train", "rloo", "--reward_funcs", "os.path"], "module 'os' has no function 'path'"),
+        (["train", "rloo", "--reward_funcs", "os:"], "is not a valid name"),
         (["train", "rloo", "--kl_coef", "0.1"], "Set beta=0.0"),
         (
             ["train", "rloo", "--dataset_name", "missing.jsonl", "--reward_funcs", "trl_basics.kit.tasks:token_kind_reward"],
             "does not exist",
         ),
-        (["train", "rloo", "--dataset_name", "data.jsonl"], "no reward source"),
+        (["train", "rloo", "--dataset_name", "data.jsonl"], "does not exist"),  # before "no reward source"
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
 )

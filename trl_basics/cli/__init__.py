@@ -6,7 +6,9 @@ Subcommand dispatch is a plain argument parser, as in TRL's own `trl` command; e
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 USAGE = """usage: trl-basics COMMAND [ARGS]
 
@@ -22,8 +24,30 @@ Run `trl-basics COMMAND --help` for the flags of a command.
 """
 
 
+COMMANDS = ("demo", "train", "compare", "ablate", "plugins")
+LAUNCH_ENVIRONMENT = dict(os.environ)  # before any YAML `env:` block is applied; child runs start from this
+BUG_NOTE = (
+    "This is a bug in trl_basics or a library it uses, not a problem with your input: please report it with the "
+    "command and the traceback above."
+)
+
+
+def smoke_flags(command: str, argv: list[str]) -> list[str]:
+    """With TRL_BASICS_SMOKE set, the demo's SFT and reward-model phases and its evaluation shrink too (each RL run
+    is capped by `train`)."""
+    if command != "demo" or os.environ.get("TRL_BASICS_SMOKE", "").strip() in ("", "0"):
+        return argv
+    given = {token.split("=", 1)[0] for token in argv}
+    extra = [["--sft_steps", "2"], ["--reward_model_steps", "2"], ["--eval_prompts", "16"]]
+    extra = [pair for pair in extra if pair[0] not in given]
+    if extra:
+        print(f"trl-basics: TRL_BASICS_SMOKE is set: {' '.join(' '.join(pair) for pair in extra)}", file=sys.stderr)
+    return argv + [token for pair in extra for token in pair]
+
+
 def main(argv: list[str] | None = None) -> int:
     from .algorithms import ALGORITHMS
+    from .flags import did_you_mean
 
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = USAGE.format(algorithms=", ".join(ALGORITHMS))
@@ -31,29 +55,42 @@ def main(argv: list[str] | None = None) -> int:
         print(usage)
         return 0
     command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        hint = did_you_mean(command, COMMANDS)
+        print(f"trl-basics: unknown command {command!r}.{hint}\n\n{usage}", file=sys.stderr)
+        return 2
+    if command == "train" and (not rest or rest[0].startswith("-")):
+        print(f"trl-basics train: name an algorithm first: {', '.join(ALGORITHMS)}", file=sys.stderr)
+        return 2
+    name = (
+        f"{command} {rest[0]}" if command in ("train", "ablate") and rest and not rest[0].startswith("-") else command
+    )
     try:
         if command == "train":
-            if not rest or rest[0].startswith("-"):
-                print(f"trl-basics train: name an algorithm first: {', '.join(ALGORITHMS)}", file=sys.stderr)
-                return 2
             from .train import run
 
             return run(rest[0], rest[1:])
         if command in ("demo", "compare", "ablate"):
             from . import experiments
 
-            return getattr(experiments, f"run_{command}")(rest)
-        if command == "plugins":
-            from ..plugins import Registry, describe
+            rest = smoke_flags(command, rest)
 
-            for kind, name, origin in describe(Registry.from_plugin_manager()):
-                print(f"{kind:20} {name:20} {origin}")
-            return 0
+            return getattr(experiments, f"run_{command}")(rest)
+        from ..plugins import Registry, describe
+
+        for kind, plugin, origin in describe(Registry.from_plugin_manager()):
+            print(f"{kind:20} {plugin:20} {origin}")
+        return 0
     except ValueError as err:  # bad input: say what and how to fix it, without a traceback
-        print(f"trl-basics {command}: error: {err}", file=sys.stderr)
+        print(f"trl-basics {name}: error: {err}", file=sys.stderr)
         return 2
-    print(f"trl-basics: unknown command {command!r}\n\n{usage}", file=sys.stderr)
-    return 2
+    except KeyboardInterrupt:
+        print(f"trl-basics {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - reported as a problem with the input
+        traceback.print_exc()
+        print(f"trl-basics {name}: {BUG_NOTE}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

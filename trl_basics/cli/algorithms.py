@@ -76,4 +76,8 @@ def get_algorithm(name: str) -> Algorithm:
     try:
         return ALGORITHMS[name]
     except KeyError:
-        raise ValueError(f"unknown algorithm {name!r}. Choose one of: {', '.join(ALGORITHMS)}") from None
+        from .flags import UsageError, did_you_mean
+
+        raise UsageError(
+            f"unknown algorithm {name!r}.{did_you_mean(name, ALGORITHMS)} Choose one of: {', '.join(ALGORITHMS)}"
+        ) from None

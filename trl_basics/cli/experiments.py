@@ -130,8 +130,9 @@ def run_child(command: list[str], log_path: Path, progress: tqdm | None = None) 
 
     With ``progress``, the bar advances by one for every training step the child logs, showing its current reward.
     """
-    env = {**os.environ}
-    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest and timings stay comparable
+    from .environment import child_environment
+
+    env = child_environment()  # only what the run needs, never a YAML `env:` block (see environment.py)
     start = time.perf_counter()
     with open(log_path, "w") as log, open(log_path) as follow:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
