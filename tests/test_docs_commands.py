@@ -35,6 +35,7 @@ NOT_RUN = {
     ("docs/hooks.md", "trl_basics_register_kl_estimators(register: Callable[[str, KLEstimatorFn], None]) -> None"): "a signature",
     ("docs/quickstart.md", 'config = RLOOConfig(output_dir="out", reward_norm="running", reward_clip=3.0, whiten_advantages=True)'): "bf16 default needs a GPU",
     ("docs/plugins.md", "from trl_basics import RLOOConfig"): "TRL's bf16 default needs a GPU",
+    ("docs/benchmarks.md", "pip install -r benchmarks/requirements-gpu.txt      # on a machine with a CUDA build of torch (kept as it is)"): "installs packages; needs a CUDA GPU",
 }
 # After 2 steps a verdict ("the reward rises clearly") cannot hold: these commands may exit 1 (a verdict missed) in
 # smoke mode, but must write their report.
@@ -107,6 +108,8 @@ def _run_python(group: list[dict], page: str, cwd: Path, env: dict) -> None:
 
 def _run_bash(block: dict, page: str, cwd: Path, env: dict) -> None:
     for command in _commands(block["code"]):
+        # Installing packages changes the environment every other test runs in: such a block must be marked.
+        assert not re.search(r"\bpip3? install\b", command), f"{page}:{block['line']}: `{command}` installs packages; mark the block not-run"
         done = subprocess.run(
             ["bash", "-e", "-o", "pipefail", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
             timeout=240, check=False,
