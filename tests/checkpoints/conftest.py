@@ -62,6 +62,7 @@ def make_trainer(kind, model_dir, task, dataset, output_dir, max_steps, report_f
         save_total_limit=keep,
         lr_scheduler_type="constant",
     )
+    kwargs.update({name: overrides.pop(name) for name in list(overrides) if name in kwargs})
     if kind == "rloo":
         config = tb.RLOOConfig(**kwargs, **{**RLOO_FLAGS, **overrides})
         cls = tb.RLOOTrainer

@@ -83,7 +83,12 @@ def test_random_kills_always_resume_from_a_complete_checkpoint(
                         kill_at = now + rng.uniform(0.0, save_time)  # inside the save that follows the step
                 if line.startswith("saved") and step_ended is not None:
                     save_time = now - step_ended
-                if line.split()[0] == waiting_for.split()[0] and line.startswith(waiting_for) and killing and not armed:
+                if (
+                    line.split()[0] == waiting_for.split()[0]
+                    and line.startswith(waiting_for)
+                    and killing
+                    and not armed
+                ):
                     armed = True
                     if not targeted:
                         kill_at = now + rng.uniform(0.0, 2.0)  # any moment of the next few steps
