@@ -229,6 +229,7 @@ def mark_complete(folder: str, global_step: int) -> None:
     """Everything of the save is written: fsync it all, then write the marker that lists each file with its size."""
     kill_point("checkpoint:saved")
     fsync_tree(folder)
+    fsync_directory(os.path.dirname(os.path.abspath(folder)))  # the folder's own entry in the run folder
     marker = {"format_version": MARKER_VERSION, "global_step": int(global_step), "files": checkpoint_files(folder)}
     write_json(os.path.join(folder, MARKER_FILE), marker)
     kill_point("checkpoint:marked")
