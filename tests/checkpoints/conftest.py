@@ -158,7 +158,7 @@ def copy_checkpoint(source: Path, output_dir: Path) -> Path:
     return target
 
 
-REFERENCE_STEPS = 10
+REFERENCE_STEPS = 16
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from trl_basics import checkpoints
 
 from .conftest import REFERENCE_STEPS, assert_same_checkpoint, fork, train, wait
 
-MAX_KILLS = 10
+MAX_KILLS = 12
 TIME_BUDGET_S = 45.0  # the kill loop stops starting new runs after this; the last run then trains to the end
 
 
@@ -49,6 +49,7 @@ def test_random_kills_always_resume_from_a_complete_checkpoint(
     started = time.monotonic()
     kills = hits = resumed = 0
     save_time = None  # how long the last observed save took, from the step's end to on_save
+    step_time = 1.0  # how long the last observed step took, from one step's end to the next
     finished = False
     while not finished:
         expected = checkpoints.find_resumable_checkpoint(str(out)) if out.exists() else None
@@ -77,7 +78,11 @@ def test_random_kills_always_resume_from_a_complete_checkpoint(
                     step = int(line.split()[1])
                     assert step == int(expected.rsplit("-", 1)[1]), f"resumed at step {step}, not from {expected}"
                     resumed += 1
+                if line.startswith("begin"):
+                    step_ended = now
                 if line.startswith("step"):
+                    if step_ended is not None:
+                        step_time = now - step_ended  # a whole step, its save included
                     step_ended = now
                     if armed and targeted and kill_at is None and save_time is not None:
                         kill_at = now + rng.uniform(0.0, save_time)  # inside the save that follows the step
@@ -91,7 +96,7 @@ def test_random_kills_always_resume_from_a_complete_checkpoint(
                 ):
                     armed = True
                     if not targeted:
-                        kill_at = now + rng.uniform(0.0, 2.0)  # any moment of the next few steps
+                        kill_at = now + rng.uniform(0.0, 3.0 * step_time)  # any moment of the next three steps
             if kill_at is not None and time.monotonic() >= kill_at:
                 os.kill(pid, signal.SIGKILL)
                 break
