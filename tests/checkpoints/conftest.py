@@ -86,12 +86,33 @@ def train(kind, model_dir, task, dataset, output_dir, max_steps, resume=None, re
     return trainer
 
 
+def _own_progress_bar_lock() -> None:
+    """Give this forked child a tqdm lock of its own.
+
+    tqdm guards progress bars with one multiprocessing lock, shared by a process and every child it forks. A child
+    killed while it holds it (in the middle of transformers' "Writing model shards" bar, say) would leave it taken
+    for the test process and every later child.
+    """
+    from tqdm import std
+
+    classes = [std.tqdm]
+    while classes:
+        cls = classes.pop()
+        if "_lock" in cls.__dict__:
+            delattr(cls, "_lock")
+        classes.extend(cls.__subclasses__())
+    if "mp_lock" in std.TqdmDefaultWriteLock.__dict__:
+        del std.TqdmDefaultWriteLock.mp_lock
+    std.tqdm.set_lock(std.TqdmDefaultWriteLock())
+
+
 def fork(target, *args, env: dict | None = None, **kwargs) -> int:
     """Run ``target`` in a forked child; returns the child's pid. Exit status 0 on return, 1 on an exception."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 1
         try:
+            _own_progress_bar_lock()
             os.environ.update(env or {})
             target(*args, **kwargs)
             code = 0

@@ -243,3 +243,19 @@ def test_a_changed_trainer_specific_setting_is_refused(tmp_path):
             reset=False,
         )
     assert "advantage_estimator: 'group_mean' → 'reinforce'; baseline: 'group' → 'none'" in str(refusal.value)
+
+
+def _die_holding_the_progress_bar_lock():
+    from tqdm import std
+
+    std.tqdm.get_lock().acquire()
+    os.kill(os.getpid(), 9)
+
+
+def test_a_child_killed_inside_a_progress_bar_blocks_no_one():
+    from tqdm import std
+
+    assert run_forked(_die_holding_the_progress_bar_lock) == -9
+    lock = std.tqdm.get_lock()
+    assert all(part.acquire(timeout=5) for part in lock.locks)  # free: the child had a lock of its own
+    lock.release()
