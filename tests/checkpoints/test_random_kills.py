@@ -85,7 +85,7 @@ def test_random_kills_always_resume_from_a_complete_checkpoint(
                         step_time = now - step_ended  # a whole step, its save included
                     step_ended = now
                     if armed and targeted and kill_at is None and save_time is not None:
-                        kill_at = now + rng.uniform(0.0, save_time)  # inside the save that follows the step
+                        kill_at = now + rng.uniform(0.2, 0.8) * save_time  # inside the save that follows the step
                 if line.startswith("saved") and step_ended is not None:
                     save_time = now - step_ended
                 if (
