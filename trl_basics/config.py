@@ -112,6 +112,13 @@ class TrickArguments:
         Names of plugin tricks to switch on, in the order they run within their stage.
     trick_kwargs (`dict` or `str` or `None`, *optional*, defaults to `None`):
         Options for named tricks and estimators, as a dict (or JSON string) `{name: {option: value}}`.
+
+    > Parameters that control resuming
+
+    resume_reset_changed_state (`bool`, *optional*, defaults to `False`):
+        On resume, where the checkpoint's trick state was saved with other settings, holds non-finite values, or is
+        missing or damaged: start the trick state fresh (logged) instead of refusing. The model, optimizer,
+        scheduler, RNG and step still resume (`docs/reliability.md`).
     """
 
     reward_norm: str = field(
@@ -223,6 +230,13 @@ class TrickArguments:
     trick_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "Options for named tricks and estimators: a dict or JSON string {name: {option: value}}."},
+    )
+    resume_reset_changed_state: bool = field(
+        default=False,
+        metadata={
+            "help": "On resume, start the trick state fresh (logged) instead of refusing when the checkpoint's trick "
+            "state was saved with other settings, holds NaN/inf, or is missing or damaged."
+        },
     )
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
+import logging
 import os
 from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
@@ -23,7 +23,9 @@ from typing import Any, ClassVar
 import torch
 from accelerate.utils import gather
 
+from . import checkpoints
 from .callbacks import install_monitors
+from .checkpoints import TRICK_STATE_FILE
 from .config import TrickArguments
 from .deferred_metrics import DeferredMetrics
 from .guards import (
@@ -40,7 +42,7 @@ from .pipeline import TrickPipeline
 from .plugins import Registry, get_plugin_manager
 from .types import LossInputs, Rollout, TrickContext
 
-TRICK_STATE_FILE = "trl_basics_tricks.json"
+logger = logging.getLogger(__name__)
 
 # Keyword inputs TRL forwards to the model for multimodal batches; passed through unchanged.
 FORWARD_KEYS = (
@@ -430,23 +432,86 @@ class TrickTrainerMixin:
 
     # --- checkpoints --------------------------------------------------------------------------------------------
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        state = self.trick_pipeline.state_dict()
-        if state and self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    _trick_state_loaded_from: str | None = None
 
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            with open(os.path.join(folder, TRICK_STATE_FILE), "w") as f:
-                json.dump(state, f)
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval=None):
+        """TRL's ``train``, with the checkpoint to resume from checked first (see ``trl_basics/checkpoints.py``).
+
+        ``True`` takes the newest *complete* checkpoint of ``output_dir``; a path must be a complete checkpoint of
+        this trainer class, saved with the same settings, before anything is loaded.
+        """
+        checkpoint = checkpoints.resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        self._trick_state_loaded_from = None
+        if checkpoint is not None:
+            self._load_trick_state(checkpoint)  # first: it names a different trainer class
+            problems = self._checkpoint_problems(checkpoint)
+            if problems:
+                raise checkpoints.CheckpointError(
+                    f"Cannot resume from {checkpoint}: {'; '.join(problems)}. Resume from an older complete "
+                    "checkpoint, or start afresh in a new output_dir."
+                )
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
+
+    def _checkpoint_problems(self, checkpoint: str) -> list[str]:
+        """What this trainer needs in a checkpoint beyond TRL's files and the trick state (PPO-max: the critic)."""
+        return []
+
+    def _checkpoint_settings(self) -> dict[str, Any]:
+        estimator = self.trick_pipeline.estimator
+        return checkpoints.run_settings(self.args, estimator.name if estimator is not None else None)
+
+    def _save_checkpoint(self, model, trial):
+        # The marker goes first and comes back last; TRL's rotation waits until our files are on disk.
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            checkpoints.begin_checkpoint(folder)
+        with checkpoints.rotation_deferred(self.args) as save_total_limit:
+            super()._save_checkpoint(model, trial)
+            self._save_checkpoint_files(folder)
+        self.accelerator.wait_for_everyone()  # every process has written its part
+        if self.args.should_save:
+            checkpoints.mark_complete(folder, self.state.global_step)
+            checkpoints.rotate(run_dir, folder, save_total_limit, self.state.best_model_checkpoint)
+
+    def _save_checkpoint_files(self, folder: str) -> None:
+        """trl_basics' own files of a checkpoint, each written atomically (subclasses add theirs)."""
+        if self.args.should_save:
+            document = checkpoints.trick_state_document(
+                type(self), self._checkpoint_settings(), self.trick_pipeline.state_dict()
+            )
+            checkpoints.write_json(os.path.join(folder, TRICK_STATE_FILE), document)
+
+    def _load_trick_state(self, checkpoint: str) -> None:
+        state = checkpoints.read_trick_state(
+            checkpoint,
+            trainer_class=type(self),
+            settings=self._checkpoint_settings(),
+            stateful=sorted(self.trick_pipeline.state_dict()),
+            reset=self.args.resume_reset_changed_state,
+        )
+        if state is not None:
+            fresh = self.trick_pipeline.state_dict()
+            try:
+                self.trick_pipeline.load_state_dict(state)
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                self.trick_pipeline.load_state_dict(fresh)
+                if not self.args.resume_reset_changed_state:
+                    raise checkpoints.load_error(checkpoint, err) from None
+                logger.warning(
+                    "resume_reset_changed_state=True: the trick state in %s does not fit this run (%s); it starts "
+                    "fresh",
+                    checkpoint,
+                    err,
+                )
+        self._trick_state_loaded_from = checkpoint
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None:
-            path = os.path.join(checkpoint, TRICK_STATE_FILE)
-            if os.path.exists(path):
-                with open(path) as f:
-                    self.trick_pipeline.load_state_dict(json.load(f))
+        if checkpoint is not None and checkpoint != self._trick_state_loaded_from:
+            self._load_trick_state(checkpoint)
 
 
 def trick_field_names() -> set[str]:

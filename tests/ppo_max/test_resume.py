@@ -36,8 +36,8 @@ def test_resume_continues_identically(steps_per_generation, tmp_path, tiny_model
     uninterrupted = train(PPOMaxConfig(**kwargs, **flags), tiny_model_dir, task, dataset)
     checkpoint = tmp_path / "run" / "checkpoint-2"
     saved = json.loads((checkpoint / "trl_basics_tricks.json").read_text())
-    assert saved["reward_norm"]["moments"]["count"] == 2 * 8  # two steps of 8 rewards, in one or two rounds
-    assert saved["kl_shaping"]["controller"]["value"] != 0.05  # the adaptive coefficient moved
+    assert saved["state"]["reward_norm"]["moments"]["count"] == 2 * 8  # two steps of 8 rewards, in one or two rounds
+    assert saved["state"]["kl_shaping"]["controller"]["value"] != 0.05  # the adaptive coefficient moved
     assert (checkpoint / "critic" / "model.safetensors").exists() and (checkpoint / "critic" / "optimizer.pt").exists()
 
     resumed_config = PPOMaxConfig(**{**kwargs, "output_dir": str(tmp_path / "resumed")}, **flags)

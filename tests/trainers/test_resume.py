@@ -41,7 +41,7 @@ def test_resume_continues_exactly(name, tmp_path, tiny_model_dir, task, dataset)
     uninterrupted.train()
     checkpoint = tmp_path / "a" / "checkpoint-2"
     saved = json.loads((checkpoint / "trl_basics_tricks.json").read_text())
-    assert saved, "the checkpoint holds the trick state"
+    assert saved["state"], "the checkpoint holds the trick state"
 
     resumed = make(tmp_path / "b")
     resumed.train(resume_from_checkpoint=str(checkpoint))

@@ -132,7 +132,7 @@ def test_moving_average_baseline_survives_checkpoint_and_resume(tmp_path, tiny_m
     uninterrupted = train(ReinforceWithBaselineTrainer, config, tiny_model_dir, task, dataset)
     checkpoint = tmp_path / "run" / "checkpoint-2"
     saved = json.loads((checkpoint / "trl_basics_tricks.json").read_text())
-    assert saved["moving_average"]["baseline"]["count"] == 2 * 8  # two steps of 8 rewards
+    assert saved["state"]["moving_average"]["baseline"]["count"] == 2 * 8  # two steps of 8 rewards
 
     resumed_config = ReinforceWithBaselineConfig(**{**kwargs, "output_dir": str(tmp_path / "resumed")})
     resumed = ReinforceWithBaselineTrainer(

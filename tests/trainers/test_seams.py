@@ -35,3 +35,44 @@ def test_logps_signature(parent):
 def test_trl_version_is_in_the_tested_range():
     major, minor = (int(part) for part in trl.__version__.split(".")[:2])
     assert (major, minor) == (1, 16)
+
+
+def test_checkpoint_rotation_is_the_last_step_of_a_save_and_reads_save_total_limit():
+    """trl_basics completes its checkpoint before rotation by holding ``args.save_total_limit`` at ``None`` during
+    ``Trainer._save_checkpoint`` and rotating itself afterwards (``trl_basics/checkpoints.py``)."""
+    import transformers
+    from transformers import trainer_utils
+
+    source = inspect.getsource(transformers.Trainer._save_checkpoint)
+    order = ["self.save_model(", "self._save_optimizer_and_scheduler(", "self._save_rng_state(", "save_to_json("]
+    positions = [source.index(call) for call in [*order, "rotate_checkpoints("]]
+    assert positions == sorted(positions), positions
+    rotation = source[positions[-1] :]
+    assert "save_total_limit=self.args.save_total_limit" in rotation
+    assert "self." not in rotation.replace("self.args.", "").replace("self.state.", "")  # nothing is written after it
+    assert list(inspect.signature(trainer_utils.rotate_checkpoints).parameters) == [
+        "output_dir", "save_total_limit", "best_model_checkpoint", "use_mtime", "checkpoint_prefix",
+    ]  # fmt: skip
+    for parent in (trl.RLOOTrainer, trl.GRPOTrainer):
+        assert "super()._save_checkpoint(model, trial)" in inspect.getsource(parent._save_checkpoint)
+
+
+def test_rotation_deletes_nothing_without_a_limit(tmp_path):
+    from transformers.trainer_utils import rotate_checkpoints
+
+    for step in (1, 2, 3):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    rotate_checkpoints(output_dir=str(tmp_path), save_total_limit=None, use_mtime=True)
+    assert len(list(tmp_path.iterdir())) == 3
+    rotate_checkpoints(output_dir=str(tmp_path), save_total_limit=1, use_mtime=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-3"]
+
+
+def test_train_signature_and_no_train_override_in_trl():
+    import transformers
+
+    assert list(inspect.signature(transformers.Trainer.train).parameters) == [
+        "self", "resume_from_checkpoint", "trial", "ignore_keys_for_eval",
+    ]  # fmt: skip
+    for parent in (trl.RLOOTrainer, trl.GRPOTrainer):
+        assert parent.train is transformers.Trainer.train

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from contextlib import nullcontext
 from typing import Any, ClassVar
 
@@ -29,6 +30,7 @@ from transformers import PreTrainedModel, TrainerCallback
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
+from .. import checkpoints
 from ..functional import clipped_value_loss, explained_variance
 from ..grpo_base import GRPOTrickTrainer
 from ..types import Rollout, TrickContext
@@ -425,43 +427,71 @@ class PPOMaxTrainer(GRPOTrickTrainer):
         return self.accelerator.unwrap_model(self.critic).state_dict()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the policy (as TRL does) and the critic next to it, in ``<output_dir>/critic``."""
+        """Save the policy (as TRL does) and the critic next to it, in ``<output_dir>/critic`` (put in place whole)."""
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         state_dict = self.critic_state_dict() if self._critic_is_deepspeed else None
         if self.args.should_save:
             critic = self.accelerator.unwrap_model(self.critic)
-            critic.save_pretrained(os.path.join(output_dir, CRITIC_DIR), state_dict=state_dict)
+            with checkpoints.atomic_directory(os.path.join(output_dir, CRITIC_DIR), label=CRITIC_DIR) as folder:
+                critic.save_pretrained(folder, state_dict=state_dict)
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)  # policy, its optimizer, RNG, trick state (moments, KL controller)
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+    def _save_checkpoint_files(self, folder: str) -> None:
+        # Inside the mixin's save: before the completion marker and before older checkpoints are rotated away.
+        super()._save_checkpoint_files(folder)  # trick state (moments, KL controller)
         critic_dir = os.path.join(folder, CRITIC_DIR)
         if self._critic_is_deepspeed:
-            self.critic.save_checkpoint(critic_dir, tag=CRITIC_DEEPSPEED_TAG)
+            self.critic.save_checkpoint(critic_dir, tag=CRITIC_DEEPSPEED_TAG)  # every process writes its shard
         elif self.args.should_save:
-            torch.save(self.critic_optimizer.state_dict(), os.path.join(critic_dir, CRITIC_OPTIMIZER_FILE))
+            path = os.path.join(critic_dir, CRITIC_OPTIMIZER_FILE)
+            with checkpoints.atomic_write(path, label=f"{CRITIC_DIR}/{CRITIC_OPTIMIZER_FILE}") as f:
+                torch.save(self.critic_optimizer.state_dict(), f)
+
+    def _checkpoint_problems(self, checkpoint: str) -> list[str]:
+        critic_dir = os.path.join(checkpoint, CRITIC_DIR)
+        if not os.path.isdir(critic_dir):
+            return [f"it has no {CRITIC_DIR}/ folder, so it was not written by PPOMaxTrainer"]
+        weights = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+        problems = []
+        if not any(os.path.exists(os.path.join(critic_dir, name)) for name in weights):
+            problems.append(f"{CRITIC_DIR}/ holds no critic weights ({' or '.join(weights)})")
+        if self._critic_is_deepspeed:
+            if not os.path.isdir(os.path.join(critic_dir, CRITIC_DEEPSPEED_TAG)):
+                problems.append(
+                    f"{CRITIC_DIR}/{CRITIC_DEEPSPEED_TAG}/ (the critic's DeepSpeed state) is missing; it was saved "
+                    "without DeepSpeed"
+                )
+        elif not os.path.exists(os.path.join(critic_dir, CRITIC_OPTIMIZER_FILE)):
+            problems.append(f"{CRITIC_DIR}/{CRITIC_OPTIMIZER_FILE} (the critic's optimizer) is missing")
+        return problems
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
+        problems = self._checkpoint_problems(checkpoint)
+        if problems:
+            raise checkpoints.CheckpointError(f"Cannot resume from {checkpoint}: {'; '.join(problems)}")
         critic_dir = os.path.join(checkpoint, CRITIC_DIR)
-        if not os.path.isdir(critic_dir):
-            raise FileNotFoundError(f"{checkpoint} has no {CRITIC_DIR}/ folder: it was not written by PPOMaxTrainer")
         if self._critic_is_deepspeed:
             self.critic.load_checkpoint(
                 critic_dir, tag=CRITIC_DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
             )
             return
         critic = self.accelerator.unwrap_model(self.critic)
-        _load_critic_weights(critic, critic_dir)
-        state = torch.load(
-            os.path.join(critic_dir, CRITIC_OPTIMIZER_FILE), map_location=self.accelerator.device, weights_only=True
-        )
-        self.critic_optimizer.load_state_dict(state)
+        try:
+            _load_critic_weights(critic, critic_dir)
+            state = torch.load(
+                os.path.join(critic_dir, CRITIC_OPTIMIZER_FILE),
+                map_location=self.accelerator.device,
+                weights_only=True,
+            )
+            self.critic_optimizer.load_state_dict(state)
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:
+            raise checkpoints.CheckpointError(
+                f"Cannot resume from {checkpoint}: the critic in {critic_dir} cannot be loaded ({type(err).__name__}: "
+                f"{err}). Resume from an older complete checkpoint, or start afresh in a new output_dir."
+            ) from err
 
 
 def _load_critic_weights(critic: torch.nn.Module, directory: str) -> None:
