@@ -415,15 +415,18 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=repr))
 
 
+# The collapse alarm only watches the run (its windows start afresh on resume), so it may change across a resume.
+MONITOR_SETTINGS = ("collapse_alarm", "collapse_alarm_window")
+
+
 def run_settings(args: Any, estimator: str | None) -> dict[str, Any]:
     """The settings the saved trick state depends on: every trick flag, the estimator in use and ``EXTRA_SETTINGS``."""
     import dataclasses
 
     from .config import TrickArguments
 
-    # The collapse alarm only watches the run (its windows start afresh on resume): it may change across a resume.
-    monitors = {OPT_OUT, "collapse_alarm", "collapse_alarm_window"}
-    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrickArguments) if f.name not in monitors}
+    excluded = {OPT_OUT, *MONITOR_SETTINGS}
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrickArguments) if f.name not in excluded}
     settings["advantage_estimator"] = estimator
     for name in EXTRA_SETTINGS:
         if hasattr(args, name):
