@@ -62,6 +62,7 @@ from run import (
     _params,
     _verdict,
     build_trainer,
+    cpu_model,
     ratio_interval,
     run_child,
     update_docs,
@@ -462,13 +463,7 @@ def _device_name(device: str) -> str:
 
         props = torch.cuda.get_device_properties(0)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU ({model}, {os.cpu_count()} cores)"
+    return f"CPU ({cpu_model()}, {os.cpu_count()} cores)"
 
 
 def _versions() -> str:

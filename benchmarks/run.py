@@ -897,14 +897,19 @@ def render(args: argparse.Namespace, results: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _machine() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()} CPU cores ({model}), load average {os.getloadavg()[0]:.1f} at the end"
+    return model
+
+
+def _machine() -> str:
+    return f"{os.cpu_count()} CPU cores ({cpu_model()}), load average {os.getloadavg()[0]:.1f} at the end"
 
 
 def _versions() -> str:
