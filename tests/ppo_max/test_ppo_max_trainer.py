@@ -368,3 +368,19 @@ def test_critic_from_an_unsaved_policy_copies_its_backbone(tmp_path, task, datas
     for name, param in policy.model.named_parameters():
         torch.testing.assert_close(critic.model.get_parameter(name), param, msg=name)
     trainer.train()
+
+
+def test_a_critic_for_an_architecture_without_a_value_head_class_is_refused_with_the_way_out(tmp_path):
+    """A vision-language config has no AutoModelForTokenClassification: the critic cannot be built, and the message
+    says why and what to pass instead, rather than transformers' bare 'Unrecognized configuration class'."""
+    from transformers import LlamaConfig, LlavaConfig
+
+    from trl_basics.ppo_max.critic import check_critic_architecture, load_value_model
+
+    with pytest.raises(ValueError, match="LlavaConfig") as refusal:
+        check_critic_architecture(LlavaConfig())
+    assert "critic_model" in str(refusal.value) and "critic-free" in str(refusal.value)
+    LlavaConfig().save_pretrained(tmp_path / "vlm")
+    with pytest.raises(ValueError, match="AutoModelForTokenClassification"):
+        load_value_model(str(tmp_path / "vlm"))
+    check_critic_architecture(LlamaConfig())  # a text model is fine

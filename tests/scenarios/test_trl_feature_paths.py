@@ -15,7 +15,7 @@ TRL scenarios not run here, and why:
 - vLLM (generation, importance-sampling correction, structured outputs), Liger kernels, continuous batching: not
   installed or GPU-only.
 - PPO-max with a vision-language model: its critic is an ``AutoModelForTokenClassification``, which has no
-  vision-language class.
+  vision-language class; the trainer refuses it with the way out (``tests/ppo_max/test_ppo_max_trainer.py``).
 - GRPO's per-group reward scaling (``scale_rewards="group"``) on REINFORCE++: refused on purpose (tested below).
 - hub-specific cases (``trust_remote_code``, reward models by hub id, iterable datasets and dataloader workers, the
   entropy-mask and off-policy-mask unit tests of TRL's helpers): they test TRL itself, not a path a subclass changes.

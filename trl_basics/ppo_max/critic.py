@@ -29,6 +29,7 @@ def load_value_model(
     classifier dropout is 0.
     """
     config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    check_critic_architecture(config)
     config.num_labels = 1
     config.classifier_dropout = 0.0
     config.token_classification_bias = False
@@ -43,6 +44,7 @@ def load_value_model(
 
 def value_model_from_causal_lm(model: PreTrainedModel) -> PreTrainedModel:
     """A critic built from an in-memory causal LM (one never saved): same config and backbone weights, fresh head."""
+    check_critic_architecture(model.config)
     config = copy.deepcopy(model.config)
     config.num_labels = 1
     config.classifier_dropout = 0.0
@@ -52,6 +54,20 @@ def value_model_from_causal_lm(model: PreTrainedModel) -> PreTrainedModel:
     getattr(critic, prefix).load_state_dict(getattr(model, prefix).state_dict())
     disable_dropout(critic)
     return critic.to(model.device)
+
+
+def check_critic_architecture(config: Any) -> None:
+    """Refuse, with the way out, an architecture transformers has no token-classification (value-head) class for."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING
+
+    if type(config) not in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING:
+        raise ValueError(
+            f"PPO-max's critic is an AutoModelForTokenClassification, and transformers has none for "
+            f"{type(config).__name__} (model_type {getattr(config, 'model_type', '?')!r}), e.g. a vision-language "
+            "model. Pass critic_model: a ready *ForTokenClassification model with num_labels=1 (for example built on "
+            "the text model alone), or the path of a text-only reward model; or use a critic-free trainer "
+            "(RLOOTrainer, ReinforcePlusPlusTrainer)."
+        )
 
 
 def disable_dropout(model: nn.Module) -> None:
