@@ -27,9 +27,9 @@ relation instead of skipping the comparison):
   0 and its RLOO refuses k < 2 (the config refuses ``baseline="group"`` with one generation).
 - HOLES: with interior holes in the mask (tool outputs), verl resets the return at every masked position and its
   GAE skips masked positions (V and A carried over them); OpenRLHF's GAE runs over the holes with V = r = 0 there;
-  trl_basics carries returns over holes (like OpenRLHF) and, in GAE, bootstraps from V = 0 before a hole and zeroes
-  δ at the hole, so GAE over holes differs from both peers. For right-padded masks (every TRL completion without
-  tools) all three agree.
+  trl_basics carries returns over holes (like OpenRLHF) and its GAE skips holes (like verl), so GAE over holes
+  equals verl's and differs from OpenRLHF's. For right-padded masks (every TRL completion without tools) all three
+  agree.
 - KL_CONTROLLER_INPUT: the adaptive-β update is the same formula, but both peers feed it the batch mean of the
   per-sequence *token-mean* KL; trl_basics feeds the per-sequence *sum* (Ziegler et al. 2019, TRL's PPO), so the
   same ``kl_target`` means a KL per completion, not per token.
@@ -261,15 +261,33 @@ def test_gae() -> None:
             close("gae_whitened_verl", on_active(ours, mask), on_active(whitened, mask), atol=1e-7, rtol=1e-7)
 
 
-def test_gae_over_holes_is_an_accepted_difference() -> None:
-    """HOLES: mask [1, 0, 1], V = [0, 0, 1], r = 0, γ = λ = 1. trl_basics bootstraps from V = 0 at the hole and
-    carries A over it: A_0 = -1; OpenRLHF adds the hole's δ = V_2 and verl skips the hole: both give A_0 = 0."""
+def test_gae_over_holes_is_verls_and_differs_from_openrlhf() -> None:
+    """HOLES: masked positions inside a completion (tool outputs) are transparent in trl_basics' GAE, as in verl's:
+    random batches with interior holes agree with verl to float precision. OpenRLHF runs the recursion over the hole
+    with V = r = 0 there, spending a factor γλ and adding the hole's δ = γ V_next: it agrees only for γ = λ = 1 with
+    V = 0 before the hole, e.g. mask [1, 0, 1], V = [0, 0, 1], r = 0, where all three give A_0 = 0."""
+    for seed in SEEDS:
+        gamma, lam = [(1.0, 0.95), (0.99, 0.9), (0.9, 1.0)][seed % 3]
+        b = random_batch(seed, holes=True)
+        mask, values = b["mask"], b["values"]
+        token_rewards = torch.randn(mask.shape, generator=b["gen"], dtype=F64)
+        adv, ret = gae_advantages(token_rewards, values, mask, gamma, lam)
+        _, peer_ret, raw = ref.verl_gae(token_rewards, values, mask, gamma, lam)
+        close("gae_holes_verl", on_active(adv, mask), on_active(raw, mask), atol=1e-12, rtol=1e-12)
+        close("gae_holes_returns_verl", on_active(ret, mask), on_active(peer_ret, mask), atol=1e-12, rtol=1e-12)
     mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=F64)
-    values = torch.tensor([[0.0, 0.0, 1.0]], dtype=F64)
-    rewards = torch.zeros(1, 3, dtype=F64)
-    assert gae_advantages(rewards, values, mask, 1.0, 1.0)[0][0, 0].item() == -1.0
-    assert ref.openrlhf_gae(values, rewards, mask, 1.0, 1.0)[0][0, 0].item() == 0.0
-    assert ref.verl_gae(rewards, values, mask, 1.0, 1.0)[2][0, 0].item() == 0.0
+    values = torch.tensor([[0.5, 0.0, 1.0]], dtype=F64)
+    rewards = torch.tensor([[0.0, 0.0, 2.0]], dtype=F64)
+    ours = gae_advantages(rewards, values, mask, 0.9, 0.9)[0][0, 0].item()
+    # The hole is skipped: δ_0 = 0 + 0.9·1 - 0.5 = 0.4, A_2 = 2 - 1 = 1, A_0 = 0.4 + 0.81·1.
+    assert ours == pytest.approx(0.4 + 0.81)
+    assert ref.verl_gae(rewards, values, mask, 0.9, 0.9)[2][0, 0].item() == pytest.approx(ours)
+    assert ref.openrlhf_gae(values, rewards, mask, 0.9, 0.9)[0][0, 0].item() != pytest.approx(ours)
+    zero_before = torch.tensor([[0.0, 0.0, 1.0]], dtype=F64)
+    for peer in (ref.openrlhf_gae(zero_before, torch.zeros(1, 3, dtype=F64), mask, 1.0, 1.0)[0],
+                 ref.verl_gae(torch.zeros(1, 3, dtype=F64), zero_before, mask, 1.0, 1.0)[2]):  # fmt: skip
+        assert peer[0, 0].item() == 0.0
+    assert gae_advantages(torch.zeros(1, 3, dtype=F64), zero_before, mask, 1.0, 1.0)[0][0, 0].item() == 0.0
 
 
 def test_gae_in_the_ppo_max_estimator() -> None:

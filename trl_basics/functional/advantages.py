@@ -94,8 +94,12 @@ def gae_advantages(
     """Generalised advantage estimation (Schulman et al. 2016, GAE), as used by PPO for RLHF (Zheng et al. 2023,
     Secrets of RLHF Part I).
 
-    δ_t = r_t + γ V_{t+1} - V_t, with V_{t+1} = 0 after the last active token (and at any masked position);
-    A_t = Σ_{l>=0} (γλ)^l δ_{t+l}; returns R_t = A_t + V_t (the critic's regression target).
+    δ_t = r_t + γ V_{t+1} - V_t, with V_{t+1} = 0 after the last active token; A_t = Σ_{l>=0} (γλ)^l δ_{t+l};
+    returns R_t = A_t + V_t (the critic's regression target).
+
+    Masked positions inside a completion (tool outputs, which the policy did not choose) are transparent: "t + 1" is
+    the next *active* token, so a hole neither bootstraps from a value nor spends a factor of γλ (verl's GAE does the
+    same). For right-padded masks this is the plain recursion.
 
     Returns:
         (advantages, returns), both (B, T) and 0 at masked positions.
@@ -104,13 +108,17 @@ def gae_advantages(
     _check_unit_interval("lam", lam)
     active = as_bool_mask(mask, values)
     wd = work_dtype(values)
-    v = torch.where(active, values.to(wd), 0.0)
-    r = torch.where(active, token_rewards.to(wd), 0.0)
-    # Inactive values were zeroed above, so the shifted tensor already bootstraps with 0 past the last token.
+    # Move every row's active tokens to the front (stable, so in order): holes become right padding.
+    order = torch.argsort((~active).to(torch.int8), dim=-1, stable=True)
+    packed_active = active.gather(-1, order)
+    v = torch.where(packed_active, values.to(wd).gather(-1, order), 0.0)
+    r = torch.where(packed_active, token_rewards.to(wd).gather(-1, order), 0.0)
+    # Padding values were zeroed above, so the shifted tensor already bootstraps with 0 past the last token.
     v_next = torch.cat([v[..., 1:], torch.zeros_like(v[..., :1])], dim=-1)
     deltas = r + gamma * v_next - v
-    advantages = discounted_cumsum(deltas, active, gamma * lam)
-    returns = torch.where(active, advantages + v, 0.0)
+    packed_advantages = discounted_cumsum(deltas, packed_active, gamma * lam)
+    advantages = torch.zeros_like(packed_advantages).scatter(-1, order, packed_advantages)
+    returns = torch.where(active, advantages + values.to(wd), 0.0)
     out_dtype = float_dtype(values)
     return advantages.to(out_dtype), returns.to(out_dtype)
 
