@@ -320,3 +320,46 @@ def test_resume_latest_continues_from_the_newest_checkpoint(files):
     state = json.loads((files / "run" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [e["step"] for e in state["log_history"] if "reward" in e] == [1, 2, 3]
+
+
+def test_experiment_commands_answer_help_and_argument_errors_without_torch_in_2s(tmp_path):
+    """`compare`, `ablate` and `demo`: --help and bad arguments are answered before torch is imported."""
+    script = textwrap.dedent(
+        """
+        import contextlib, io, json, sys
+        from trl_basics.cli import main
+        results = []
+        for argv in (["compare", "--help"], ["demo", "--help"], ["ablate", "rloo", "--help"],
+                     ["compare", "--algorithms", "rlo"], ["compare", "--reward_norm", "running"],
+                     ["ablate", "rlo"]):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = main(argv)
+                except SystemExit as exit:
+                    code = exit.code
+            results.append([argv, code, out.getvalue()[-300:], err.getvalue()])
+        print(json.dumps({"results": results, "torch": "torch" in sys.modules}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=tmp_path, check=False
+    )
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["torch"] is False
+    codes = {" ".join(argv): code for argv, code, _, _ in report["results"]}
+    assert codes == {
+        "compare --help": 0, "demo --help": 0, "ablate rloo --help": 0, "compare --algorithms rlo": 2,
+        "compare --reward_norm running": 2, "ablate rlo": 2,
+    }  # fmt: skip
+    assert "Algorithms to run" in report["results"][0][2]  # the help text was printed
+    assert "Did you mean rloo?" in report["results"][3][3]
+    assert "grpo does not take --reward_norm" in report["results"][4][3]
+    for argv in (["compare", "--help"], ["compare", "--algorithms", "rlo"]):
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "trl_basics.cli", *argv], capture_output=True, env=ENV, cwd=tmp_path,
+                           check=False)  # fmt: skip
+            best = min(best, time.perf_counter() - start)
+        assert best < 2.0, f"{argv}: {best:.2f} s"

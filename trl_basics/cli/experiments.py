@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
 from trl import TrlParser
 
 from .algorithms import ALGORITHMS, get_algorithm
@@ -191,10 +190,29 @@ def _failure_reason(log_path: Path, code: int) -> str:
 
 def check_flags(algorithms: list[str], extra: list[str], output_dir: Path) -> None:
     """Refuse, before any run starts, a flag that some algorithm does not take (or a value its config refuses)."""
+    from .flags import UsageError, algorithm_flags, check_train_args, did_you_mean
     from .train import make_parser
 
     if not extra:
         return
+    # First from the stored flag lists (no torch): unknown flags and values of the wrong type, at once.
+    for algorithm in dict.fromkeys(algorithms):
+        known = algorithm_flags(algorithm)["flags"]
+        unknown = [t.partition("=")[0] for t in extra if t.startswith("--") and t.partition("=")[0] not in known]
+        if unknown:
+            # A typo (a flag no algorithm takes) gets a "did you mean"; a real flag of another algorithm does not.
+            typo = not any(unknown[0] in algorithm_flags(other)["flags"] for other in ALGORITHMS)
+            choices = [name[2:] for name in known if name.startswith("--")]
+            hint = did_you_mean(unknown[0].lstrip("-"), choices, "--") if typo else ""
+            raise ValueError(
+                f"{algorithm} does not take {', '.join(unknown)}.{hint} Drop it, or leave {algorithm} out "
+                f"(`trl-basics train {algorithm} --help` lists its flags)"
+            )
+        try:
+            check_train_args(algorithm, extra, f"trl-basics train {algorithm}")
+        except UsageError as err:
+            raise ValueError(f"{algorithm} refuses the flags {shlex.join(extra)}: {err}") from None
+    # Then with each algorithm's real parser and config, which also refuses contradictory settings.
     for algorithm in dict.fromkeys(algorithms):
         parser = make_parser(algorithm)
         probe = ["--output_dir", str(output_dir / "probe"), *extra]
@@ -432,25 +450,29 @@ def run_demo(argv: list[str]) -> int:
     return finish(runs, baseline, report, strict=True)
 
 
-class _PhaseProgress(TrainerCallback):
-    """One progress bar for an in-process training phase: step/total and the latest loss."""
+def _phase_progress(desc: str):
+    """One progress bar for an in-process training phase: step/total and the latest loss (a TrainerCallback, built
+    here so that `compare`/`ablate`/`demo --help` and their argument errors need not import transformers' trainer)."""
+    from transformers import TrainerCallback
 
-    def __init__(self, desc: str) -> None:
-        self.desc = desc
-        self.bar: tqdm | None = None
+    class PhaseProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar: tqdm | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", dynamic_ncols=True)
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, desc=desc, unit="step", dynamic_ncols=True)
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self.bar.update(state.global_step - self.bar.n)
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.bar is not None and logs and "loss" in logs:
-            self.bar.set_postfix_str(f"loss {float(logs['loss']):.3f}")
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix_str(f"loss {float(logs['loss']):.3f}")
 
-    def on_train_end(self, args, state, control, **kwargs):
-        self.bar.close()
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return PhaseProgress()
 
 
 def _with_phase_bar(trainer, desc: str):
@@ -458,7 +480,7 @@ def _with_phase_bar(trainer, desc: str):
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_PhaseProgress(desc))
+    trainer.add_callback(_phase_progress(desc))
     return trainer
 
 
