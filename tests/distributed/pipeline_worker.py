@@ -65,5 +65,15 @@ def main(out_path: str) -> None:
     torch.save(results, out_path.replace("RANK", str(accelerator.process_index)))
 
 
+def shut_down() -> None:
+    """Leave the process group in order: a gloo group torn down at interpreter exit can abort the process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
+    shut_down()
