@@ -85,16 +85,14 @@ def test_bad_input_exits_2_before_torch_with_the_fix_and_writes_nothing(case, fi
     )  # nothing created, not even the output folder
 
 
-def test_argument_errors_and_help_import_no_torch_and_answer_in_2s(tmp_path):
-    """Every fast path, in one fresh interpreter: exit codes, and torch/TRL/transformers never imported."""
+def main_in_a_fresh_interpreter(argvs: list[list[str]], cwd) -> dict:
+    """Call ``trl_basics.cli.main`` on each argv in one new interpreter; return the results and heavy imports."""
     script = textwrap.dedent(
         """
         import contextlib, io, json, sys
         from trl_basics.cli import main
         results = []
-        for argv in (["--help"], ["train", "rloo", "--help"], ["train", "ppo_max", "--help"],
-                     ["train", "rloo", "--max_stepz", "3"], ["train", "rlo"], ["trian"],
-                     ["train", "grpo", "--beta", "x"], ["train", "rloo", "--model_name_or_path", "./nope"]):
+        for argv in json.loads(sys.argv[1]):
             out, err = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 try:
@@ -107,9 +105,19 @@ def test_argument_errors_and_help_import_no_torch_and_answer_in_2s(tmp_path):
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=tmp_path, check=False
-    )
-    report = json.loads(done.stdout.splitlines()[-1])
+        [sys.executable, "-c", script, json.dumps(argvs)], capture_output=True, text=True, env=ENV, cwd=cwd,
+        check=False,
+    )  # fmt: skip
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+
+def test_argument_errors_and_help_import_no_torch_and_answer_in_2s(tmp_path):
+    """Every fast path, in one fresh interpreter: exit codes, and torch/TRL/transformers never imported."""
+    argvs = [["--help"], ["train", "rloo", "--help"], ["train", "ppo_max", "--help"],
+             ["train", "rloo", "--max_stepz", "3"], ["train", "rlo"], ["trian"],
+             ["train", "grpo", "--beta", "x"], ["train", "rloo", "--model_name_or_path", "./nope"]]  # fmt: skip
+    report = main_in_a_fresh_interpreter(argvs, tmp_path)
     assert report["heavy"] == [], report["heavy"]
     codes = {" ".join(argv): code for argv, code, _, _ in report["results"]}
     assert codes == {
@@ -324,29 +332,10 @@ def test_resume_latest_continues_from_the_newest_checkpoint(files):
 
 def test_experiment_commands_answer_help_and_argument_errors_without_torch_in_2s(tmp_path):
     """`compare`, `ablate` and `demo`: --help and bad arguments are answered before torch is imported."""
-    script = textwrap.dedent(
-        """
-        import contextlib, io, json, sys
-        from trl_basics.cli import main
-        results = []
-        for argv in (["compare", "--help"], ["demo", "--help"], ["ablate", "rloo", "--help"],
-                     ["compare", "--algorithms", "rlo"], ["compare", "--reward_norm", "running"],
-                     ["ablate", "rlo"]):
-            out, err = io.StringIO(), io.StringIO()
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                try:
-                    code = main(argv)
-                except SystemExit as exit:
-                    code = exit.code
-            results.append([argv, code, out.getvalue()[-300:], err.getvalue()])
-        print(json.dumps({"results": results, "torch": "torch" in sys.modules}))
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=tmp_path, check=False
-    )
-    report = json.loads(done.stdout.splitlines()[-1])
-    assert report["torch"] is False
+    argvs = [["compare", "--help"], ["demo", "--help"], ["ablate", "rloo", "--help"],
+             ["compare", "--algorithms", "rlo"], ["compare", "--reward_norm", "running"], ["ablate", "rlo"]]  # fmt: skip
+    report = main_in_a_fresh_interpreter(argvs, tmp_path)
+    assert "torch" not in report["heavy"]
     codes = {" ".join(argv): code for argv, code, _, _ in report["results"]}
     assert codes == {
         "compare --help": 0, "demo --help": 0, "ablate rloo --help": 0, "compare --algorithms rlo": 2,
