@@ -64,7 +64,7 @@ ALGORITHMS = MappingProxyType(
         "grpo": Algorithm(
             "grpo",
             "TRL's GRPO, unchanged (for reference), with trl_basics' perplexity monitor.",
-            "trl_basics.cli.reference:MonitoredGRPOTrainer",
+            "trl_basics.monitored_grpo:MonitoredGRPOTrainer",
             "trl:GRPOConfig",
             {"beta": 0.04},
         ),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import trl
 
-from ..callbacks import install_monitors
-from ..pipeline import TrickPipeline
-from ..trainer_mixin import TrickTrainerMixin
+from .callbacks import install_monitors
+from .pipeline import TrickPipeline
+from .trainer_mixin import TrickTrainerMixin
 
 
 class MonitoredGRPOTrainer(TrickTrainerMixin, trl.GRPOTrainer):
