@@ -13,16 +13,6 @@ from typing import Any
 
 REWARD_NORM_CHOICES = ("none", "batch", "running")
 
-# The flag values that switch each built-in trick off (used by `trl-basics ablate`).
-TRICK_OFF_FLAGS: dict[str, dict[str, Any]] = {
-    "reward_norm": {"reward_norm": "none"},
-    "reward_scale": {"reward_scale": False},
-    "reward_clip": {"reward_clip": None},
-    "kl_shaping": {"kl_coef": None, "kl_target": None},
-    "advantage_whiten": {"whiten_advantages": False, "whiten_advantages_center_only": False},
-    "advantage_clip": {"advantage_clip": None},
-    "entropy_bonus": {"entropy_bonus_coef": 0.0, "entropy_bonus_target": None},
-}
 KL_PLACEMENT_CHOICES = ("token_reward", "sequence_reward", "loss")
 COLLAPSE_ALARM_CHOICES = ("off", "warn", "stop")
 
@@ -263,10 +253,10 @@ class TrickArguments:
 
         switches: dict[str, dict[str, Any]] = {}
         for trick in TrickPipeline.from_args(self).tricks:
-            if trick.name in TRICK_OFF_FLAGS:
-                switches[trick.name] = dict(TRICK_OFF_FLAGS[trick.name])
-            elif trick.name in self.tricks:
+            if trick.name in self.tricks:
                 switches[trick.name] = {"tricks": [name for name in self.tricks if name != trick.name]}
+            elif trick.off_flags:
+                switches[trick.name] = dict(trick.off_flags)
         return switches
 
 

@@ -9,12 +9,13 @@ Stage order (fixed, see ``docs/hooks.md``):
 5. extra loss terms       every active trick's ``loss`` (KL in the loss, entropy bonus)
 6. metrics                observers
 
-Within a stage, plugin tricks named in ``tricks`` run first, in the order listed, then the built-ins in the order
-above. The order never depends on pluggy's registration order.
+Within a stage, plugin tricks named in ``tricks`` run first, in the order listed, then the flag-switched tricks in
+the order they declare (``Trick.order``). The order never depends on pluggy's registration order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -23,18 +24,20 @@ import torch
 from torch import Tensor
 
 from .plugins import Registry
-from .types import STAGE_ORDER, AdvantageEstimator, LossInputs, Rollout, Stage, Trick, TrickContext
+from .types import STAGE_ORDER, AdvantageEstimator, LossInputs, Requirements, Rollout, Stage, Trick, TrickContext
 
-# Built-ins run in this order within their stage; each is switched on by its own flag.
-BUILTIN_ORDER: tuple[str, ...] = (
-    "reward_norm",
-    "reward_scale",
-    "reward_clip",
-    "kl_shaping",
-    "advantage_whiten",
-    "advantage_clip",
-    "entropy_bonus",
-)
+
+def flag_switched(registry: Registry, args: Any) -> list[type[Trick]]:
+    """The flag-switched trick classes (the built-ins, and any plugin trick whose ``flag`` is a field of ``args``)
+    in the order they run: by stage, then by their declared ``order``, then by name. Tricks listed by name in
+    ``args.tricks`` are left out (they run first in their stage, in the order listed)."""
+    named = set(getattr(args, "tricks", None) or ())
+    classes = [
+        cls
+        for name, cls in registry.tricks.items()
+        if cls.flag is not None and hasattr(args, cls.flag) and name not in named
+    ]
+    return sorted(classes, key=lambda cls: (STAGE_ORDER.index(cls.stage), cls.order, cls.name))
 
 
 class TrickError(RuntimeError):
@@ -95,7 +98,7 @@ class TrickPipeline:
         options: dict[str, dict[str, Any]] = dict(getattr(args, "trick_kwargs", None) or {})
 
         named = [registry.trick(name).from_args(args, registry, **options.get(name, {})) for name in args.tricks]
-        builtins = [registry.trick(name).from_args(args, registry) for name in BUILTIN_ORDER]
+        builtins = [cls.from_args(args, registry) for cls in flag_switched(registry, args)]
         tricks = [trick for trick in named + builtins if trick is not None]
 
         estimator_name = getattr(args, "advantage_estimator", None) or default_estimator
@@ -104,6 +107,35 @@ class TrickPipeline:
             estimator_cls = registry.advantage_estimator(estimator_name)
             estimator = estimator_cls.from_args(args, registry, **options.get(estimator_name, {}))
         return cls(tricks, estimator)
+
+    @classmethod
+    def switched_on(cls, args: Any, registry: Registry | None = None) -> bool:
+        """Whether ``args`` switches any trick on (by its flag, or by name in ``tricks``) or names an estimator."""
+        registry = registry if registry is not None else Registry.from_plugin_manager()
+        if getattr(args, "tricks", None) or getattr(args, "advantage_estimator", None):
+            return True
+        return any(trick_cls.switched_on(args) for trick_cls in flag_switched(registry, args))
+
+    @property
+    def components(self) -> list[Trick]:
+        """Every active trick and the estimator, in the order they run."""
+        return self.tricks + ([self.estimator] if self.estimator is not None else [])
+
+    @property
+    def requirements(self) -> Requirements:
+        """What the active components need from the trainer, together; ``kl_metric`` is the full metric name."""
+        total = Requirements()
+        for component in self.components:
+            needs = component.requirements()
+            if needs.kl_metric is not None:
+                needs = dataclasses.replace(needs, kl_metric=f"tricks/{component.name}/{needs.kl_metric}")
+            total = total | needs
+        return total
+
+    @property
+    def state_settings(self) -> tuple[str, ...]:
+        """Config fields, beyond the trick flags, that the active components' saved state depends on."""
+        return tuple(dict.fromkeys(name for c in self.components for name in c.state_settings))
 
     @property
     def names(self) -> list[str]:
@@ -159,11 +191,10 @@ class TrickPipeline:
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """State of every stateful component, by name (running moments, KL controller, baselines)."""
-        components = self.tricks + ([self.estimator] if self.estimator is not None else [])
-        return {c.name: state for c in components if (state := c.state_dict())}
+        return {c.name: state for c in self.components if (state := c.state_dict())}
 
     def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
-        components = {c.name: c for c in self.tricks + ([self.estimator] if self.estimator is not None else [])}
+        components = {c.name: c for c in self.components}
         unknown = sorted(set(state) - set(components))
         if unknown:
             raise ValueError(

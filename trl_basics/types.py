@@ -10,7 +10,7 @@ token-level fields uses ``ctx.reduce_sum`` so that it is global too.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
@@ -120,6 +120,34 @@ class LossInputs:
     entropies: Tensor | None = None  # (B, T) per-token entropy of the current policy
 
 
+@dataclass(frozen=True)
+class Requirements:
+    """What a trick (or a whole pipeline) needs from the trainer, and what it gives back.
+
+    Trainers read these, never a trick's name: a third-party trick that declares the same needs as a built-in gets
+    the same treatment. Requirements combine with ``|`` (a need of any one component is a need of the pipeline).
+    """
+
+    # Needed when a generation round is scored, before the advantages:
+    sampling_logprobs: bool = False  # per-token log-probs of the sampling policy (π_old)
+    reference_logprobs: bool = False  # per-token log-probs of the reference policy (π_ref)
+    reference_model: bool = False  # a reference model (or PEFT base) loaded at all, even when the parent's β is 0
+    # Needed during the update (and in evaluation, where the loss is computed too):
+    loss_reference_logprobs: bool = False  # π_ref in the loss inputs
+    loss_sampling_logprobs: bool = False  # π_old in the loss inputs
+    # Given: the name (relative to the trick's ``tricks/<name>/`` scope) of the metric holding its KL to π_ref per
+    # sequence, which the collapse alarm watches.
+    kl_metric: str | None = None
+
+    def __or__(self, other: Requirements) -> Requirements:
+        merged = {
+            f.name: getattr(self, f.name) or getattr(other, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "kl_metric"
+        }
+        return Requirements(**merged, kl_metric=self.kl_metric or other.kl_metric)
+
+
 class Trick:
     """Base class of every trick, built-in or third-party.
 
@@ -137,6 +165,22 @@ class Trick:
     summary: ClassVar[str] = ""
     source: ClassVar[str] = ""
     flag: ClassVar[str | None] = None  # the config field that switches a built-in trick on
+    # The flag values that switch it off again (``trl-basics ablate``); ``flag`` itself must be among them.
+    off_flags: ClassVar[Mapping[str, Any]] = {}
+    order: ClassVar[int] = 0  # position among the flag-switched tricks of its stage (lower runs first)
+    # Config fields, beyond the trick flags, that the trick's saved state depends on (recorded with checkpoints).
+    state_settings: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def switched_on(cls, args: Any) -> bool:
+        """Whether ``args`` switches this flag-switched trick on: its flag differs from the flag's off value."""
+        if cls.flag is None or not hasattr(args, cls.flag):
+            return False
+        return getattr(args, cls.flag) != cls.off_flags.get(cls.flag)
+
+    def requirements(self) -> Requirements:
+        """What this trick needs from the trainer (see :class:`Requirements`); none by default."""
+        return Requirements()
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         if kwargs:

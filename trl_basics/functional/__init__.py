@@ -12,6 +12,7 @@ from .advantages import (
 from .controllers import AdaptiveKLController, FixedKLController
 from .kl import (
     KL_ESTIMATORS,
+    clamped_kl,
     kl_estimate,
     kl_importance_weights,
     kl_k1,
@@ -48,6 +49,7 @@ __all__ = [
     "explained_variance",
     "gae_advantages",
     "group_mean_advantages",
+    "clamped_kl",
     "kl_estimate",
     "kl_importance_weights",
     "kl_k1",

@@ -14,10 +14,12 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from .stats import masked_mean
 from ._utils import ReduceFn, accumulation_dtype, all_reduce_sum, as_bool_mask, float_dtype, work_dtype
 
 __all__ = [
     "KL_ESTIMATORS",
+    "clamped_kl",
     "kl_estimate",
     "kl_importance_weights",
     "kl_k1",
@@ -105,12 +107,6 @@ KL_ESTIMATORS: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = types.MappingP
     {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3, "k3_plus": kl_k3_plus}
 )
 
-# Same estimators as functions of the (possibly clamped) log-ratio, for kl_estimate.
-_LOG_RATIO_ESTIMATORS: Mapping[str, Callable[[Tensor], Tensor]] = types.MappingProxyType(
-    {"k1": _k1, "k2": _k2, "k3": _k3, "k3_plus": _k3_plus}
-)
-
-
 def kl_estimate(
     logprobs: Tensor,
     ref_logprobs: Tensor,
@@ -119,28 +115,48 @@ def kl_estimate(
     clamp: float | None = None,
     log_ratio_clamp: float | None = None,
 ) -> Tensor:
-    """Per-token KL estimate k(ℓ_t) with ℓ_t = log π - log π_ref, with two optional, independent clamps.
-
-    - ``log_ratio_clamp``: ℓ_t is clamped to [-log_ratio_clamp, log_ratio_clamp] *before* the estimator, which bounds
-      k3's exponential (verl's k3 uses 20);
-    - ``clamp``: the estimate itself is clamped to [-clamp, clamp] *after* the estimator (OpenRLHF clamps every
-      estimator's output to ±10; verl clamps k3's output to ±10).
+    """Per-token KL estimate k(ℓ_t) with ℓ_t = log π - log π_ref, by estimator name; see :func:`clamped_kl`.
 
     So ``kl_estimate(tensor([-5.]), tensor([0.]), "k3", clamp=10)`` is 10 (k3 = e⁵ - 6 ≈ 142.4 before the clamp),
     and with ``log_ratio_clamp=2`` instead it is k3(-2) = e² - 3 ≈ 4.389. Estimators as in :data:`KL_ESTIMATORS`
-    (Schulman 2020, Approximating KL Divergence). Masked positions are exactly 0 and never influence active ones.
+    (Schulman 2020, Approximating KL Divergence).
     """
-    if estimator not in _LOG_RATIO_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator {estimator!r}; valid names: {sorted(_LOG_RATIO_ESTIMATORS)}")
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r}; valid names: {sorted(KL_ESTIMATORS)}")
+    return clamped_kl(KL_ESTIMATORS[estimator], logprobs, ref_logprobs, mask, clamp, log_ratio_clamp)
+
+
+def clamped_kl(
+    estimator_fn: Callable[[Tensor, Tensor], Tensor],
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    mask: Tensor | None = None,
+    clamp: float | None = None,
+    log_ratio_clamp: float | None = None,
+) -> Tensor:
+    """Per-token KL ``estimator_fn(log π, log π_ref)`` with two optional, independent clamps; the one implementation
+    the functional API and the KL shaping trick share.
+
+    - ``log_ratio_clamp``: ℓ_t is clamped to [-log_ratio_clamp, log_ratio_clamp] *before* the estimator, which bounds
+      k3's exponential (verl's k3 uses 20): the estimator sees log π_ref + clamp(ℓ_t) where ℓ_t is out of range;
+    - ``clamp``: the estimate itself is clamped to [-clamp, clamp] *after* the estimator (OpenRLHF clamps every
+      estimator's output to ±10; verl clamps k3's output to ±10).
+
+    Masked positions are exactly 0 and never influence active ones: both log-probs are zeroed there before any
+    nonlinearity, so garbage (inf, NaN) cannot overflow the estimator.
+    """
     for name, bound in (("clamp", clamp), ("log_ratio_clamp", log_ratio_clamp)):
         if bound is not None and not bound > 0:
-            raise ValueError(f"kl_estimate: {name} must be positive or None, got {bound}")
+            raise ValueError(f"KL estimate: {name} must be positive or None, got {bound}")
     active = as_bool_mask(mask, logprobs)
-    # Zero the log-ratio at masked positions before any nonlinearity: garbage there could overflow exp().
-    log_ratio = torch.where(active, logprobs - ref_logprobs, 0.0)
+    logprobs = torch.where(active, logprobs, 0.0)
+    ref_logprobs = torch.where(active, ref_logprobs, 0.0)
     if log_ratio_clamp is not None:
-        log_ratio = log_ratio.clamp(min=-log_ratio_clamp, max=log_ratio_clamp)
-    estimate = _LOG_RATIO_ESTIMATORS[estimator](log_ratio)
+        log_ratio = logprobs - ref_logprobs
+        out_of_range = log_ratio.abs() > log_ratio_clamp
+        clamped = ref_logprobs + log_ratio.clamp(min=-log_ratio_clamp, max=log_ratio_clamp)
+        logprobs = torch.where(out_of_range, clamped, logprobs)
+    estimate = estimator_fn(logprobs, ref_logprobs)
     if clamp is not None:
         estimate = estimate.clamp(min=-clamp, max=clamp)
     return torch.where(active, estimate, 0.0)
@@ -172,6 +188,8 @@ def kl_loss(kl: Tensor, mask: Tensor, coef: float, reduce_fn: ReduceFn | None = 
     batch contributes 0 instead of NaN. Note that DDP averages gradients over processes, so the trainer multiplies
     by the number of processes to obtain the gradient of the global mean. N_global is clamped to at least 1.
     """
+    if reduce_fn is None:  # one process: the token mean of this micro-batch
+        return coef * masked_mean(kl, mask)
     active = as_bool_mask(mask, kl)
     wd = work_dtype(kl)
     local_sum = torch.where(active, kl.to(wd), 0.0).sum()

@@ -17,17 +17,18 @@ from torch import Tensor
 from ..functional import (
     AdaptiveKLController,
     FixedKLController,
+    clamped_kl,
     kl_importance_weights,
     kl_k1,
     kl_k2,
     kl_k3,
     kl_k3_plus,
+    kl_loss,
     kl_sequence_penalty,
     kl_token_penalty,
-    masked_mean,
 )
 from ..hookspecs import hookimpl
-from ..types import LossInputs, Rollout, Stage, Trick, TrickContext
+from ..types import LossInputs, Requirements, Rollout, Stage, Trick, TrickContext
 
 
 class KLShaping(Trick):
@@ -36,6 +37,8 @@ class KLShaping(Trick):
     name = "kl_shaping"
     stage = Stage.KL
     flag = "kl_coef"
+    off_flags = {"kl_coef": None, "kl_target": None}
+    order = 10
     summary = (
         "KL penalty to the reference policy: estimator k1/k2/k3/k3_plus, in the token reward, sequence reward or "
         "loss (optionally importance-corrected there)."
@@ -65,6 +68,7 @@ class KLShaping(Trick):
         self.placement = placement
         self.clamp = clamp
         self.log_ratio_clamp = log_ratio_clamp
+        self.initial_coef = coef
         self.controller = (
             FixedKLController(coef) if target is None else AdaptiveKLController(coef, target=target, horizon=horizon)
         )
@@ -90,19 +94,29 @@ class KLShaping(Trick):
             bias_correction=bool(getattr(args, "use_bias_correction_kl", False)),
         )
 
+    state_settings = ("kl_coef", "kl_target", "kl_horizon", "kl_estimator", "kl_placement")
+
+    def requirements(self) -> Requirements:
+        """π_old and π_ref per token before the advantages; a reference model even when the parent's β is 0 (as long
+        as β starts above 0); π_ref (and π_old, for the bias correction) in the loss when the KL is placed there."""
+        in_loss = self.placement == "loss"
+        return Requirements(
+            sampling_logprobs=True,
+            reference_logprobs=True,
+            reference_model=self.initial_coef > 0,
+            loss_reference_logprobs=in_loss,
+            loss_sampling_logprobs=in_loss,
+            kl_metric=f"{self.estimator}_sequence_mean",
+        )
+
     @property
     def coef(self) -> float:
         return float(self.controller.value)
 
     def per_token_kl(self, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
         """KL_t from the estimator, with ℓ_t clamped to ±``log_ratio_clamp`` before it (verl's k3: 20) and the
-        estimate clamped to ±``clamp`` after it (OpenRLHF: 10 for every estimator; verl's k3: 10)."""
-        if self.log_ratio_clamp is not None:
-            logprobs = ref_logprobs + (logprobs - ref_logprobs).clamp(-self.log_ratio_clamp, self.log_ratio_clamp)
-        kl = self.estimator_fn(logprobs, ref_logprobs)
-        if self.clamp is not None:
-            kl = kl.clamp(-self.clamp, self.clamp)
-        return kl * mask
+        estimate clamped to ±``clamp`` after it (OpenRLHF: 10 for every estimator; verl's k3: 10); 0 where masked."""
+        return clamped_kl(self.estimator_fn, logprobs, ref_logprobs, mask, self.clamp, self.log_ratio_clamp)
 
     def apply(self, rollout: Rollout, ctx: TrickContext) -> Rollout:
         if rollout.logprobs is None or rollout.ref_logprobs is None or rollout.completion_mask is None:
@@ -148,7 +162,7 @@ class KLShaping(Trick):
             # KL of the current policy; without old log-probs the step is on-policy and ρ_t = 1 in value.
             kl = kl * kl_importance_weights(inputs.logprobs, inputs.old_logprobs, mask)
         # Token mean over this process's micro-batch; DDP averages the gradients over processes.
-        return self.coef * masked_mean(kl, mask)
+        return kl_loss(kl, mask, self.coef)
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict()}

@@ -17,6 +17,8 @@ class EntropyBonus(Trick):
     name = "entropy_bonus"
     stage = Stage.LOSS
     flag = "entropy_bonus_coef"
+    off_flags = {"entropy_bonus_coef": 0.0, "entropy_bonus_target": None}
+    order = 10
     summary = "Reward policy entropy (or hold it near a target) through an extra loss term."
     source = "Mnih et al. 2016; Zheng et al. 2023, Secrets of RLHF Part I, App. B.3 (target form)"
 

@@ -21,6 +21,8 @@ class RewardNormalization(Trick):
     name = "reward_norm"
     stage = Stage.REWARD
     flag = "reward_norm"
+    off_flags = {"reward_norm": "none"}
+    order = 10
     summary = "Normalize rewards to zero mean, unit variance: over the batch, or with running moments."
     source = "Zheng et al. 2023, Secrets of RLHF Part I, §5.3 (PPO-max)"
 
@@ -62,6 +64,8 @@ class RewardScaling(Trick):
     name = "reward_scale"
     stage = Stage.REWARD
     flag = "reward_scale"
+    off_flags = {"reward_scale": False}
+    order = 20
     summary = "Divide rewards by the running standard deviation of all rewards seen so far."
     source = "Zheng et al. 2023, Secrets of RLHF Part I, §5.3; Engstrom et al. 2020"
 
@@ -91,6 +95,8 @@ class RewardClipping(Trick):
     name = "reward_clip"
     stage = Stage.REWARD
     flag = "reward_clip"
+    off_flags = {"reward_clip": None}
+    order = 30
     summary = "Clip rewards to [-δ, δ]."
     source = "Zheng et al. 2023, Secrets of RLHF Part I, §5.3 Eq. 18"
 
