@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from trl_basics import Rollout, TrickArguments, TrickContext, TrickPipeline
-from trl_basics.deferred_metrics import DeferredMetrics
+from trl_basics.metrics import DeferredMetrics, log_distribution
 from trl_basics.pipeline import _zero_unscorable
 from trl_basics.trainer_mixin import TrickTrainerMixin
 
@@ -90,7 +90,7 @@ def test_log_distribution_is_exact_without_a_host_read(profile_step):
     mask = torch.tensor([[1, 1, 0], [1, 0, 1]])
     logged, ctx = collecting_context()
     with Reads(profile_step) as reads:
-        TrickTrainerMixin._log_distribution(None, ctx, "adv", values, mask)
+        log_distribution(ctx, "adv", values, mask)
     assert reads.total == 0
     # active entries 1, 2, 3, 6: mean 3, population variance (1+4+9+36)/4 - 9 = 3.5
     assert {k: float(v) for k, v in logged.items()} == pytest.approx(
@@ -98,17 +98,17 @@ def test_log_distribution_is_exact_without_a_host_read(profile_step):
     )
     # (B,) values: a row is active when any of its tokens is
     logged, ctx = collecting_context()
-    TrickTrainerMixin._log_distribution(None, ctx, "r", torch.tensor([4.0, 8.0]), torch.tensor([[1, 0], [0, 0]]))
+    log_distribution(ctx, "r", torch.tensor([4.0, 8.0]), torch.tensor([[1, 0], [0, 0]]))
     assert {k: float(v) for k, v in logged.items()} == {"r/mean": 4.0, "r/std": 0.0, "r/min": 4.0, "r/max": 4.0}
     # nothing active: mean 0, extremes at the float range (as before)
     logged, ctx = collecting_context()
-    TrickTrainerMixin._log_distribution(None, ctx, "e", torch.tensor([1.0]), torch.tensor([[0]]))
+    log_distribution(ctx, "e", torch.tensor([1.0]), torch.tensor([[0]]))
     big = torch.finfo(torch.float32).max
     assert {k: float(v) for k, v in logged.items()} == {"e/mean": 0.0, "e/std": 0.0, "e/min": big, "e/max": -big}
 
 
 class _Mixin:
-    _log_distribution = TrickTrainerMixin._log_distribution
+    pass
 
 
 def test_log_rollout_is_exact_without_a_host_read(profile_step):
@@ -123,7 +123,7 @@ def test_log_rollout_is_exact_without_a_host_read(profile_step):
     )
     logged, ctx = collecting_context()
     with Reads(profile_step) as reads:
-        TrickTrainerMixin._log_rollout(_Mixin(), rollout, raw, ctx)
+        TrickTrainerMixin.log_rollout(_Mixin(), rollout, raw, ctx)
     assert reads.total == 0
     values = {k: float(v) for k, v in logged.items()}
     assert values["reward_raw/mean"] == 3.0
@@ -132,11 +132,11 @@ def test_log_rollout_is_exact_without_a_host_read(profile_step):
     # one scorable reward: std 0; none: NaN mean and std (raw mean NaN too)
     logged, ctx = collecting_context()
     one = rollout.replace(rewards=torch.tensor([float("nan"), float("nan"), 2.0, float("nan")]))
-    TrickTrainerMixin._log_rollout(_Mixin(), one, raw, ctx)
+    TrickTrainerMixin.log_rollout(_Mixin(), one, raw, ctx)
     assert float(logged["reward_transformed/mean"]) == 2.0 and float(logged["reward_transformed/std"]) == 0.0
     logged, ctx = collecting_context()
     none = rollout.replace(rewards=torch.full((4,), float("nan")))
-    TrickTrainerMixin._log_rollout(_Mixin(), none, torch.full((4,), float("nan")), ctx)
+    TrickTrainerMixin.log_rollout(_Mixin(), none, torch.full((4,), float("nan")), ctx)
     assert all(math.isnan(float(logged[k])) for k in ("reward_raw/mean", "reward_transformed/mean",
                                                        "reward_transformed/std"))  # fmt: skip
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from transformers import TrainerCallback
 
 from .config import COLLAPSE_ALARM_CHOICES
+from .metrics import ENTROPY, PARENT_KL, PERPLEXITY
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ class GracefulInterrupt(TrainerCallback):
 # --- the collapse alarm ------------------------------------------------------------------------------------------------
 
 LENGTH_KEY = "completions/mean_length"
-PERPLEXITY_KEY = "perplexity"
+PERPLEXITY_KEY = PERPLEXITY
 REWARD_KEY = "reward"
-ENTROPY_KEY = "entropy"
+ENTROPY_KEY = ENTROPY
 COLLAPSE_SIGNALS = (
     "length_at_cap", "perplexity_to_one", "kl_spike", "reward_rising", "reward_drop_after_rise", "entropy_jump",
 )  # fmt: skip
@@ -128,8 +129,8 @@ class CollapseAlarmCallback(TrainerCallback):
     Args:
         mode: ``"warn"``, ``"stop"`` or ``"off"`` (``"off"`` makes the callback inert).
         max_completion_length: The generation cap the length is compared with.
-        kl_key: Name of the logged KL-to-reference metric (per-sequence sum; e.g.
-            ``"tricks/kl_shaping/k1_sequence_mean"``). Without it the KL signal, and so the slow pattern, never fires.
+        kl_key: Name of the logged KL-to-reference metric (per-sequence sum; the ``kl_metric`` the trainer's tricks
+            declare, or the parent's ``"kl"``). Without it the KL signal, and so the slow pattern, never fires.
         window: Steps per window.
         length_cap_fraction: "At the cap": recent mean length >= this fraction of ``max_completion_length``.
         length_jump_fraction: "Jumps": the first window's mean length was at least this fraction of the cap lower.
@@ -337,12 +338,12 @@ def install_collapse_alarm(trainer) -> CollapseAlarmCallback | None:
     trainer.collapse_alarm = None
     if mode == "off":
         return None
-    kl_shaping = getattr(trainer, "_kl_shaping", None)
-    estimator = getattr(config, "kl_estimator", "k1")
+    pipeline = getattr(trainer, "trick_pipeline", None)
+    kl_metric = pipeline.requirements.kl_metric if pipeline is not None else None
     trainer.collapse_alarm = CollapseAlarmCallback(
         mode=mode,
         max_completion_length=config.max_completion_length,
-        kl_key=f"tricks/kl_shaping/{estimator}_sequence_mean" if kl_shaping is not None else "kl",
+        kl_key=kl_metric or PARENT_KL,
         window=getattr(config, "collapse_alarm_window", 10),
         metrics=trainer._metrics,
     )

@@ -8,6 +8,7 @@ and is validated when the config is created. With every flag at its default, no 
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,6 +259,11 @@ class TrickArguments:
             elif trick.off_flags:
                 switches[trick.name] = dict(trick.off_flags)
         return switches
+
+
+def trick_field_names() -> set[str]:
+    """The names of every trick flag (the fields of :class:`TrickArguments`)."""
+    return {f.name for f in dataclasses.fields(TrickArguments)}
 
 
 def _refuse(problem: str, fix: str) -> None:

@@ -7,15 +7,13 @@ GRPO computes only off-policy.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 import trl
-from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import nanstd
 
-from .trainer_mixin import FORWARD_KEYS, TrickTrainerMixin
+from .trainer_mixin import TrickTrainerMixin
 
 
 class GRPOTrickTrainer(TrickTrainerMixin, trl.GRPOTrainer):
@@ -26,9 +24,9 @@ class GRPOTrickTrainer(TrickTrainerMixin, trl.GRPOTrainer):
 
     # --- generation round -----------------------------------------------------------------------------------------
 
-    def _rollout_rewards(self) -> torch.Tensor:
+    def rollout_rewards(self) -> torch.Tensor:
         if getattr(self.args, "multi_objective_aggregation", "sum_then_normalize") != "normalize_then_sum":
-            return self._scalar_rewards()
+            return self.scalar_rewards()
         # GRPO's multi-objective option: z-score every reward function within its group, then take the weighted
         # sum; the advantage estimator works on that sum as on any scalar reward.
         per_func = self._rewards_per_func
@@ -41,40 +39,19 @@ class GRPOTrickTrainer(TrickTrainerMixin, trl.GRPOTrainer):
         rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
         return rewards
 
-    def _rollout_logprobs(self, out: dict, recorded: list):
+    def rollout_logprobs(self, out: dict, passes: list):
         logprobs = out.get("old_per_token_logps")
-        if logprobs is None and self._kl_shaping is not None:
-            # On-policy GRPO skips this pass (the loss reuses its own detached log-probs), but KL in the reward is
-            # needed now, before the update: one extra forward without gradient.
-            logprobs = self._sampling_logprobs(out)
+        if logprobs is None and self.requirements.sampling_logprobs:
+            # On-policy GRPO skips this pass (the loss reuses its own detached log-probs), but a trick needs π_old
+            # now, before the update: one extra forward without gradient.
+            logprobs = self.sampling_logprobs(out)
         return logprobs, out.get("ref_per_token_logps")
 
-    @torch.no_grad()
-    def _sampling_logprobs(self, out: dict) -> torch.Tensor:
-        input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
-        attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
-        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            logprobs, _, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                input_ids,
-                attention_mask,
-                out["completion_ids"].size(1),
-                batch_size=self.args.per_device_train_batch_size,
-                **{key: out[key] for key in FORWARD_KEYS if key in out},
-            )
-        return logprobs
+    def sampling_logprobs(self, out: dict) -> torch.Tensor:
+        return self.completion_logprobs(out, batch_size=self.args.per_device_train_batch_size)
 
     # --- update -----------------------------------------------------------------------------------------------------
 
-    def _policy_loss(self, model: Any, inputs: dict):
-        with self._grpo_kl_off():
-            return super()._policy_loss(model, inputs)
-
-    @contextmanager
-    def _grpo_kl_off(self):
-        """GRPO adds beta·k3 to the loss when beta != 0; KL here is owned by the trick pipeline."""
-        saved, self.beta = self.beta, 0.0
-        try:
-            yield
-        finally:
-            self.beta = saved
+    def policy_loss(self, model: Any, inputs: dict):
+        with self.parent_kl_off():  # KL here is owned by the trick pipeline
+            return self.parent_policy_loss(model, inputs)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import trl
 
 from .callbacks import install_monitors
+from .metrics import KL_TO_REFERENCE
 from .pipeline import TrickPipeline
 from .trainer_mixin import TrickTrainerMixin
 
@@ -20,18 +23,17 @@ class MonitoredGRPOTrainer(TrickTrainerMixin, trl.GRPOTrainer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.trick_pipeline = TrickPipeline()
-        self._kl_shaping = None
         install_monitors(self)  # GRPOConfig has no `collapse_alarm`: the alarm runs at its default, "warn"
 
-    def _policy_loss(self, model, inputs):
-        loss = super()._policy_loss(model, inputs)
+    def after_policy_loss(self, model: Any, inputs: dict, loss: torch.Tensor, policy_pass: tuple) -> torch.Tensor:
+        loss = super().after_policy_loss(model, inputs, loss, policy_pass)
         ref = inputs.get("ref_per_token_logps")
-        if ref is not None and self._logps_record:
+        if ref is not None:
             # The policy's log-probs of the sampled tokens, as TRL just computed them (on-policy: the sampler's).
-            logps = self._logps_record[0][0].detach()
+            logps = policy_pass[0].detach()
             mask = inputs["completion_mask"]
-            ctx = self._trick_context()
+            ctx = self.trick_context()
             with torch.no_grad():
                 stats = ctx.reduce_sum(torch.stack([((logps - ref) * mask).sum(), mask.sum().float()]))
-            ctx.log("kl_to_ref/k1_token_mean", float(stats[0] / stats[1].clamp(min=1.0)))
+            ctx.log(KL_TO_REFERENCE, stats[0] / stats[1].clamp(min=1.0))
         return loss

@@ -138,7 +138,7 @@ def test_trainer_gives_token_weighted_whitened_advantages(tmp_path, tiny_model_d
     mask = out["completion_mask"].float()
     lengths = mask.sum(dim=1)
     assert lengths.unique().numel() > 1, "the check needs completions of different lengths"
-    rewards = trainer._scalar_rewards()
+    rewards = trainer.scalar_rewards()
     scalar = group_mean_advantages(rewards, config.num_generations)
     expected = masked_whiten(scalar.unsqueeze(1) * mask, mask)
     assert out["advantages"].shape == mask.shape

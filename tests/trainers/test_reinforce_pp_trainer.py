@@ -35,14 +35,14 @@ def test_advantages_follow_the_paper_on_a_real_rollout(tmp_path, tiny_model_dir,
     rewards-to-go with γ = 1, whitened over all active tokens."""
     trainer = make(ReinforcePlusPlusConfig(**cpu_kwargs(tmp_path), kl_coef=0.1), tiny_model_dir, task, dataset)
     seen = {}
-    original_build = trainer._build_rollout
+    original_build = trainer.build_rollout
 
     def spy(out, recorded):
         rollout = original_build(out, recorded)
         seen["rollout"] = rollout
         return rollout
 
-    trainer._build_rollout = spy
+    trainer.build_rollout = spy
     trainer.model.train()
     # Perturb the policy so that it differs from the reference and the KL term is not zero.
     with torch.no_grad():
@@ -63,8 +63,8 @@ def test_advantages_follow_the_paper_on_a_real_rollout(tmp_path, tiny_model_dir,
 def test_on_policy_run_computes_sampling_logprobs_once(tmp_path, tiny_model_dir, task, dataset):
     trainer = make(ReinforcePlusPlusConfig(**cpu_kwargs(tmp_path)), tiny_model_dir, task, dataset)
     calls = []
-    original = trainer._sampling_logprobs
-    trainer._sampling_logprobs = lambda out: calls.append(1) or original(out)
+    original = trainer.sampling_logprobs
+    trainer.sampling_logprobs = lambda out: calls.append(1) or original(out)
     trainer.train()
     assert len(calls) == 2  # one extra no-grad pass per generation round, as GRPO skips it on-policy
 
@@ -72,7 +72,7 @@ def test_on_policy_run_computes_sampling_logprobs_once(tmp_path, tiny_model_dir,
 def test_off_policy_reuses_grpo_old_logprobs(tmp_path, tiny_model_dir, task, dataset):
     config = ReinforcePlusPlusConfig(**cpu_kwargs(tmp_path, max_steps=2), num_iterations=2)
     trainer = make(config, tiny_model_dir, task, dataset)
-    trainer._sampling_logprobs = lambda out: pytest.fail("GRPO already computed old log-probs")
+    trainer.sampling_logprobs = lambda out: pytest.fail("GRPO already computed old log-probs")
     trainer.train()
     assert len(logged(trainer, "advantages/mean")) == 1  # one generation round, reused for two iterations
     assert len(logged(trainer, "loss")) == 2

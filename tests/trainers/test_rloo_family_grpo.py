@@ -18,7 +18,7 @@ from trl_basics import (
     RLOOConfig,
     RLOOTrainer,
 )
-from trl_basics.trainer_mixin import FORWARD_KEYS
+from trl_basics.seams import FORWARD_KEYS
 
 from .conftest import cpu_kwargs, logged
 
@@ -298,15 +298,15 @@ def test_normalize_then_sum_z_scores_each_reward_function_within_its_group(tmp_p
     trainer = ReinforcePlusPlusTrainer(model=tiny_model_dir, reward_funcs=[task.reward_func, length_reward],
                                        args=config, train_dataset=dataset)  # fmt: skip
     seen = {}
-    original = trainer._build_rollout
-    trainer._build_rollout = lambda out, recorded: seen.setdefault("rollout", original(out, recorded))
+    original = trainer.build_rollout
+    trainer.build_rollout = lambda out, recorded: seen.setdefault("rollout", original(out, recorded))
     trainer.model.train()
     trainer._generate_and_score_completions([dataset[i] for i in range(8)])
     per_func = trainer._rewards_per_func.view(2, 4, 2)  # (groups, generations, functions)
     z = (per_func - per_func.mean(dim=1, keepdim=True)) / (per_func.std(dim=1, keepdim=True) + 1e-4)
     expected = (z * torch.tensor([1.0, 0.5])).sum(dim=2).view(-1)
     torch.testing.assert_close(seen["rollout"].rewards, expected)
-    assert not torch.allclose(expected, trainer._scalar_rewards())
+    assert not torch.allclose(expected, trainer.scalar_rewards())
 
 
 @pytest.mark.parametrize("options", [{"loss_type": "vespo"}, {"off_policy_mask_threshold": 0.01, "num_iterations": 2}])

@@ -10,7 +10,7 @@ from types import MappingProxyType
 import trl
 
 from ..config import TrickArguments
-from ..trainer_mixin import single_generation_allowed
+from ..seams import single_generation_allowed
 
 CRITIC_INIT_CHOICES = ("reward_model", "policy")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import trl
 
 from ..config import TrickArguments
-from ..trainer_mixin import single_generation_allowed
+from ..seams import single_generation_allowed
 
 BASELINE_CHOICES = ("none", "group")
 PRESET_KL_COEF = 0.01

@@ -30,17 +30,18 @@ class ReinforcePlusPlusTrainer(GRPOTrickTrainer):
         "id": "2501.03262",
     }
     config_class = ReinforcePlusPlusConfig
+    state_settings = ("baseline",)
 
     def __init__(self, *args: Any, plugin_manager: Any = None, **kwargs: Any) -> None:
-        self._init_parent(args, kwargs)  # beta stays 0: GRPO's own KL term in the loss stays off
-        self._setup_tricks(plugin_manager)
+        self._init_parent(args, kwargs, plugin_manager)  # beta stays 0: GRPO's own KL term in the loss stays off
+        self._setup_tricks()
 
-    def build_pipeline(self) -> TrickPipeline:
-        pipeline = super().build_pipeline()
+    def build_pipeline(self, args: Any = None) -> TrickPipeline:
+        pipeline = super().build_pipeline(args)
         # REINFORCE++ is defined per token (whitening over all active tokens, v1 Eq. 8 / v9 Eq. 7), so its estimator
         # always gives (B, T) advantages, also when the KL is in the loss, in the sequence reward, or off.
         pipeline.estimator = token_level_estimator(pipeline.estimator)
         return pipeline
 
-    def _default_estimator(self) -> str | None:
-        return "group_mean" if self.args.baseline == "group" else "reinforce"
+    def default_estimator(self, args: Any) -> str | None:
+        return "group_mean" if args.baseline == "group" else "reinforce"

@@ -9,13 +9,18 @@ token-level and the loss switches to a token-level clipped objective; otherwise 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import trl
 
+from ..config import trick_field_names
 from ..functional import clipped_policy_loss, sequence_clipped_policy_loss
-from ..trainer_mixin import FORWARD_KEYS, TrickTrainerMixin, single_generation_allowed
+from ..metrics import AUX_LOSS, CLIP_RATIO, ENTROPY
+from ..pipeline import TrickPipeline
+from ..seams import FORWARD_KEYS, rloo_generation_passes, single_generation_allowed
+from ..trainer_mixin import TrickTrainerMixin
 from .rloo_config import RLOOConfig
 
 
@@ -37,81 +42,67 @@ class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
     config_class = RLOOConfig
     default_advantage_estimator = "rloo"
     always_active = False  # True for trainers whose estimator differs from TRL's
+    state_settings = ("normalize_advantages", "reward_clip_range")
 
     def __init__(self, *args: Any, plugin_manager: Any = None, **kwargs: Any) -> None:
-        self._init_parent(args, kwargs)
-        self._setup_tricks(plugin_manager)
+        self._init_parent(args, kwargs, plugin_manager)
+        self._setup_tricks()
 
     # --- pipeline configuration -----------------------------------------------------------------------------------
 
-    def _setup_tricks(self, plugin_manager: Any = None) -> None:
-        super()._setup_tricks(plugin_manager)
-        from ..pipeline import TrickPipeline
-
-        user_flags_on = bool(TrickPipeline.from_args(self.args, self.trick_registry)) or bool(
-            self.args.advantage_estimator
-        )
-        if not (user_flags_on or self.always_active):
-            self.trick_pipeline = TrickPipeline()  # parity: TRL's own advantages
-            self._kl_shaping = None
-        if self.trick_pipeline and self.args.num_generations < 2 and self.trick_pipeline.estimator.name == "rloo":
+    def build_pipeline(self, args: Any = None) -> TrickPipeline:
+        """Empty unless a trick flag or an estimator is set (then TRL's own advantages stand, bit for bit)."""
+        args = self.args if args is None else args
+        if not (self.always_active or TrickPipeline.switched_on(args, self.trick_registry)):
+            return TrickPipeline()
+        pipeline = super().build_pipeline(args)
+        if args.num_generations < 2 and pipeline.estimator.name == "rloo":
             raise ValueError("RLOO needs num_generations >= 2 for the leave-one-out baseline")
+        return pipeline
 
-    def _pipeline_args(self) -> Any:
+    def pipeline_args(self, args: Any) -> Any:
         """The user's flags, with TRL's RLOO knobs that do the same job carried over into the pipeline."""
-        from types import SimpleNamespace
-
-        from ..trainer_mixin import trick_field_names
-
-        args = SimpleNamespace(**{name: getattr(self.args, name) for name in trick_field_names()})
-        if args.kl_coef is None and self.args.beta != 0.0:
+        flags = SimpleNamespace(**{name: getattr(args, name) for name in trick_field_names()})
+        if flags.kl_coef is None and args.beta != 0.0:
             # TRL's beta: k1 summed over the sequence, subtracted from the reward (Back to Basics Eq. 3).
-            args.kl_coef, args.kl_estimator, args.kl_placement = self.args.beta, "k1", "sequence_reward"
-        if self.args.normalize_advantages:
-            args.whiten_advantages = True
-        return args
+            flags.kl_coef, flags.kl_estimator, flags.kl_placement = args.beta, "k1", "sequence_reward"
+        if args.normalize_advantages:
+            flags.whiten_advantages = True
+        return flags
 
     # --- generation round -----------------------------------------------------------------------------------------
 
-    def _rollout_rewards(self) -> torch.Tensor:
-        rewards = self._scalar_rewards()
+    def rollout_rewards(self) -> torch.Tensor:
+        rewards = self.scalar_rewards()
         if self.reward_clip_range:
             rewards = rewards.clamp(min=self.reward_clip_range[0], max=self.reward_clip_range[1])
         return rewards
 
-    def _rollout_logprobs(self, out: dict, recorded: list):
-        # TRL's RLOO computes the sampling policy's per-token log-probs first, then the reference's if beta != 0
-        # (which `_generation_beta` ensures whenever KL shaping is on).
-        expected = 2 if (self.beta != 0.0 or self._kl_shaping is not None) else 1
-        if len(recorded) != expected:
-            raise RuntimeError(
-                f"expected {expected} log-prob passes during RLOO generation, saw {len(recorded)}; this TRL version "
-                "is not supported by trl_basics (see the pinned range in pyproject.toml)"
-            )
-        logprobs = recorded[0][0]
-        ref_logprobs = recorded[1][0] if expected == 2 else None
-        return logprobs, ref_logprobs
+    def rollout_logprobs(self, out: dict, passes: list):
+        # TRL's RLOO computes π_old first, then π_ref when its beta != 0 (which the seam ensures when a trick needs
+        # reference log-probs).
+        return rloo_generation_passes(passes, self.beta != 0.0 or self.requirements.reference_logprobs)
 
-    def _store_rollout_extras(self, out: dict, rollout) -> None:
-        kl_in_loss = self._kl_shaping is not None and self._kl_shaping.placement == "loss"
-        if rollout.advantages.dim() == 2 or kl_in_loss:
+    def store_rollout_extras(self, out: dict, rollout) -> None:
+        needs = self.requirements
+        if rollout.advantages.dim() == 2 or needs.loss_sampling_logprobs:
             out["old_per_token_logps"] = rollout.logprobs  # the token loss's ratio; ρ of use_bias_correction_kl
-        if kl_in_loss:
+        if needs.loss_reference_logprobs:
             out["ref_per_token_logps"] = rollout.ref_logprobs
 
     # --- update -----------------------------------------------------------------------------------------------------
 
-    def _policy_loss(self, model, inputs):
+    def policy_loss(self, model, inputs):
         if inputs["advantages"].dim() == 2:
             return self._token_level_loss(model, inputs)
         if self.args.delta is not None:
             return self._sequence_level_dual_clip_loss(model, inputs)
-        return super()._policy_loss(model, inputs)  # TRL's sequence-level clipped loss
+        return self.parent_policy_loss(model, inputs)  # TRL's sequence-level clipped loss
 
     def _sequence_level_dual_clip_loss(self, model, inputs):
         """TRL's sequence-level objective (one ratio per completion, mean over completions) with dual clip c = delta."""
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+        per_token_logps, entropies, aux_loss = self.per_token_logps(
             model,
             torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
             torch.cat([inputs["prompt_mask"], completion_mask], dim=1),
@@ -133,17 +124,17 @@ class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
             dual_clip=self.args.delta,
         )
         loss = per_sequence_loss.mean()
-        mode = "train" if self.model.training else "eval"
+        log = self.metric_log()
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+            log(AUX_LOSS, self.accelerator.gather_for_metrics(aux_loss).mean())
         mask = completion_mask.to(per_token_logps.dtype)
         stats = self.accelerator.reduce(
             torch.stack([(entropies * mask).sum(), mask.sum(), clipped.float().sum(), mask.new_tensor(len(mask))]),
             reduction="sum",
         )
-        self._metrics[mode]["entropy"].append((stats[0] / stats[1].clamp(min=1.0)).item())
-        self._metrics[mode]["clip_ratio/region_mean"].append((stats[2] / stats[3].clamp(min=1.0)).item())
+        log(ENTROPY, stats[0] / stats[1].clamp(min=1.0))
+        log(CLIP_RATIO, stats[2] / stats[3].clamp(min=1.0))
         return loss
 
     def _token_level_loss(self, model, inputs):
@@ -154,7 +145,7 @@ class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
         """
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+        per_token_logps, entropies, aux_loss = self.per_token_logps(
             model,
             torch.cat([prompt_ids, completion_ids], dim=1),
             torch.cat([prompt_mask, completion_mask], dim=1),
@@ -174,18 +165,17 @@ class RLOOTrainer(TrickTrainerMixin, trl.RLOOTrainer):
             dual_clip=getattr(self.args, "delta", None),
         )
         loss = (per_token_loss * mask).sum(dim=1).mean()
-        mode = "train" if self.model.training else "eval"
+        log = self.metric_log()  # tensors: read once per step
         if self.aux_loss_enabled:
             # Unscaled like TRL's RLOO loss (the Trainer divides by gradient accumulation); logged as TRL logs it.
             loss = loss + self.router_aux_loss_coef * aux_loss
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+            log(AUX_LOSS, self.accelerator.gather_for_metrics(aux_loss).mean())
         stats = self.accelerator.reduce(
             torch.stack([(clipped.float() * mask).sum(), (entropies * mask).sum(), mask.sum()]), reduction="sum"
         )
         count = stats[2].clamp(min=1.0)
-        log = self.deferred_metrics.sink(self._metrics[mode], defer=mode == "train")  # read once per step
-        log("clip_ratio/region_mean", stats[0] / count)
-        log("entropy", stats[1] / count)
+        log(CLIP_RATIO, stats[0] / count)
+        log(ENTROPY, stats[1] / count)
         return loss
 
 
