@@ -2,8 +2,8 @@
 
 Training runs in a child forked from the test process, which has already imported torch, transformers and TRL, so
 a run starts in well under a second instead of the ~20 s a fresh interpreter needs on a loaded machine. The child
-is a real process: it writes its checkpoints itself and dies by SIGKILL (the test hook of
-``trl_basics.checkpoints`` or the test's own ``os.kill``).
+is a real process: it writes its checkpoints itself and dies by SIGKILL (at a named write point, see
+``kill_points.py``, or by the test's own ``os.kill``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from transformers import TrainerCallback
 
 import trl_basics as tb
 from trl_basics import checkpoints
+
+from . import kill_points
 
 RLOO_FLAGS = {"beta": 0.0, "kl_coef": 0.05, "kl_target": 0.01, "reward_norm": "running"}
 PPO_FLAGS = {"kl_target": 0.05, "kl_horizon": 100}
@@ -106,14 +108,20 @@ def _own_progress_bar_lock() -> None:
     std.tqdm.set_lock(std.TqdmDefaultWriteLock())
 
 
-def fork(target, *args, env: dict | None = None, **kwargs) -> int:
-    """Run ``target`` in a forked child; returns the child's pid. Exit status 0 on return, 1 on an exception."""
+def fork(target, *args, env: dict | None = None, kill_at: str | None = None, **kwargs) -> int:
+    """Run ``target`` in a forked child; returns the child's pid. Exit status 0 on return, 1 on an exception.
+
+    With ``kill_at`` (``POINT`` or ``POINT@N``), the child kills itself with SIGKILL the N-th time it reaches that
+    write point (see ``kill_points.py``).
+    """
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 1
         try:
             _own_progress_bar_lock()
             os.environ.update(env or {})
+            if kill_at is not None:
+                kill_points.install(kill_at)
             target(*args, **kwargs)
             code = 0
         except BaseException:  # noqa: BLE001 (the child reports any failure by its exit code)
@@ -137,12 +145,10 @@ def wait(pid: int, timeout: float = 120.0) -> int:
         time.sleep(0.01)
 
 
-def run_forked(target, *args, env: dict | None = None, timeout: float = 120.0, **kwargs) -> int:
-    return wait(fork(target, *args, env=env, **kwargs), timeout)
-
-
-def kill_env(point: str) -> dict[str, str]:
-    return {checkpoints.KILL_ENV: point}
+def run_forked(
+    target, *args, env: dict | None = None, kill_at: str | None = None, timeout: float = 120.0, **kwargs
+) -> int:
+    return wait(fork(target, *args, env=env, kill_at=kill_at, **kwargs), timeout)
 
 
 def final_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -3,16 +3,21 @@ marker, which checkpoint a resume takes, and rotation once the new checkpoint is
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
 import trl_basics as tb
 from trl_basics import checkpoints
+from trl_basics.checkpoints import atomic
+from trl_basics.checkpoints.atomic import is_temp
 
-from .conftest import kill_env, run_forked
+from . import kill_points
+from .conftest import run_forked
 
 WRITE_PHASES = ("partial", "written", "synced", "replaced")
 
@@ -27,17 +32,17 @@ def test_a_killed_atomic_write_leaves_the_old_file_or_the_new_one(phase, tmp_pat
     target = tmp_path / "state.json"
     target.write_text("old")
     new = json.dumps({"value": list(range(2000))})
-    assert run_forked(_write, target, new, "state.json", env=kill_env(f"state.json:{phase}")) == -9
+    assert run_forked(_write, target, new, "state.json", kill_at=f"state.json:{phase}") == -9
     assert target.read_text() == (new if phase == "replaced" else "old")  # never a partial file
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "state.json"]
     if phase == "replaced":
         assert leftovers == []
     else:
-        assert len(leftovers) == 1 and checkpoints._is_temp(leftovers[0]), leftovers
+        assert len(leftovers) == 1 and is_temp(leftovers[0]), leftovers
         if phase == "partial":
             assert 0 < (tmp_path / leftovers[0]).stat().st_size < len(new)  # the half-written temporary file
     assert "state.json" in checkpoints.checkpoint_files(str(tmp_path))
-    assert not any(checkpoints._is_temp(name) for name in checkpoints.checkpoint_files(str(tmp_path)))
+    assert not any(is_temp(name) for name in checkpoints.checkpoint_files(str(tmp_path)))
 
 
 def _fill(path, label):
@@ -52,7 +57,7 @@ def test_a_killed_folder_write_leaves_the_old_folder_or_the_new_one(phase, tmp_p
     target = tmp_path / "critic"
     target.mkdir()
     (target / "a.bin").write_text("old")
-    assert run_forked(_fill, target, "critic", env=kill_env(f"critic:{phase}")) == -9
+    assert run_forked(_fill, target, "critic", kill_at=f"critic:{phase}") == -9
     if phase == "replaced":
         assert sorted(p.name for p in target.iterdir()) == ["a.bin", "b.bin"]
         assert (target / "b.bin").read_text() == "new" * 100
@@ -70,13 +75,43 @@ def test_a_failed_write_leaves_no_temporary_file_and_the_old_content(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
-def test_the_kill_hook_counts_hits_and_is_off_without_the_variable(monkeypatch):
-    monkeypatch.delenv(checkpoints.KILL_ENV, raising=False)
-    checkpoints.kill_point("checkpoint:saved")  # no variable: nothing happens
-    monkeypatch.setenv(checkpoints.KILL_ENV, "checkpoint:saved@3")
-    monkeypatch.setattr(checkpoints, "_kill_counts", {})
-    assert [checkpoints._kill_due("checkpoint:saved") for _ in range(4)] == [False, False, True, False]
-    assert not checkpoints._kill_due("checkpoint:marked")
+def test_the_kill_hook_counts_hits_and_the_write_points_do_nothing_by_themselves():
+    assert atomic._reached("checkpoint:saved") is None  # not installed: nothing happens
+    due = kill_points.counter("checkpoint:saved@3")
+    assert [due("checkpoint:saved") for _ in range(4)] == [False, False, True, False]
+    assert not due("checkpoint:marked")
+    assert [kill_points.counter("checkpoint:marked")("checkpoint:marked") for _ in range(2)] == [True, True]
+
+
+KILL_ENV = "TRL_BASICS_TEST_KILL_AT"  # set in a child below: no write point may read it, or any other variable
+EVERY_POINT = [
+    *(f"{label}:{phase}" for label in ("state.json", checkpoints.MARKER_FILE) for phase in WRITE_PHASES),
+    *(f"critic:{phase}" for phase in WRITE_PHASES[1:]),
+    "checkpoint:begin",
+    "checkpoint:saved",
+    "checkpoint:marked",
+]
+
+
+def _save_with_the_variable_set_at_every_point(root):
+    folder = root / "checkpoint-1"
+    for point in EVERY_POINT:
+        os.environ[KILL_ENV] = point
+        checkpoints.begin_checkpoint(str(folder))
+        _write(folder / "state.json", point, "state.json")
+        _fill(folder / "critic", "critic")
+        checkpoints.mark_complete(str(folder), 1)
+        assert checkpoints.checkpoint_problems(str(folder)) == []
+
+
+def test_no_environment_variable_stops_a_write(tmp_path):
+    """Only the tests' own replacement of the write point stops a process: the variable alone does nothing."""
+    assert run_forked(_save_with_the_variable_set_at_every_point, tmp_path) == 0
+    assert (tmp_path / "checkpoint-1" / "state.json").read_text() == EVERY_POINT[-1]
+    assert checkpoints.checkpoint_problems(str(tmp_path / "checkpoint-1")) == []
+    for module in Path(atomic.__file__).parent.glob("*.py"):  # and none of the package's code reads one
+        names = {getattr(node, "attr", getattr(node, "id", None)) for node in ast.walk(ast.parse(module.read_text()))}
+        assert not names & {"environ", "environb", "getenv", "getenvb"}, module.name
 
 
 def _checkpoint(root, step, complete=True, files=("trainer_state.json", checkpoints.TRICK_STATE_FILE)):

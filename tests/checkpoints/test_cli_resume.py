@@ -7,7 +7,7 @@ import json
 from trl_basics import checkpoints
 from trl_basics.cli import main
 
-from .conftest import kill_env, run_forked
+from .conftest import run_forked
 
 FAST = [
     "--max_steps", "3", "--per_device_train_batch_size", "8", "--num_generations", "4",
@@ -24,7 +24,7 @@ def _main(argv):
 def test_cli_refuses_an_incomplete_checkpoint_and_resumes_the_complete_one(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "rloo", "--output_dir", str(out), *FAST]
-    assert run_forked(_main, argv, env=kill_env("checkpoint:saved@2")) == -9  # kill -9 in the middle of a save
+    assert run_forked(_main, argv, kill_at="checkpoint:saved@2") == -9  # kill -9 in the middle of a save
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
 
     capsys.readouterr()

@@ -1,8 +1,8 @@
 """SIGKILL inside each of trl_basics' write windows of a real training run, then resume with ``True``.
 
 Every run saves each step and keeps one checkpoint (``save_total_limit=1``, the hardest case: rotation must not take
-the only complete checkpoint before the new one is complete). The child is killed during its second save by the
-test hook of ``trl_basics.checkpoints``; the resumed run must pick the newest complete checkpoint and end on exactly
+the only complete checkpoint before the new one is complete). The child kills itself during its second save, at a
+named write point (``kill_points.py``); the resumed run must pick the newest complete checkpoint and end on exactly
 the weights and trick state of an uninterrupted run.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from trl_basics import checkpoints
 
-from .conftest import assert_same_checkpoint, kill_env, run_forked, train
+from .conftest import assert_same_checkpoint, run_forked, train
 
 TRICKS = checkpoints.TRICK_STATE_FILE
 MARKER = checkpoints.MARKER_FILE
@@ -35,7 +35,7 @@ PPO_POINTS = {
 
 def _kill_then_resume(kind, point, expected, reference, tmp_path, caplog, tiny_model_dir, task, dataset):
     out = tmp_path / "run"
-    code = run_forked(train, kind, tiny_model_dir, task, dataset, out, 3, env=kill_env(f"{point}@2"))
+    code = run_forked(train, kind, tiny_model_dir, task, dataset, out, 3, kill_at=f"{point}@2")
     assert code == -9, f"the run was not killed at {point} (exit {code})"
     assert not (out / "checkpoint-3").exists()
 

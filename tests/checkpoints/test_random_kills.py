@@ -17,6 +17,7 @@ import signal
 import time
 
 from trl_basics import checkpoints
+from trl_basics.checkpoints.atomic import is_temp
 
 from .conftest import REFERENCE_STEPS, assert_same_checkpoint, fork, train, wait
 
@@ -38,7 +39,7 @@ def _left_mid_save(out) -> bool:
     for folder in out.glob("checkpoint-*"):
         if checkpoints.checkpoint_problems(str(folder)):
             return True
-    return any(checkpoints._is_temp(path.name) for path in out.rglob(".*"))
+    return any(is_temp(path.name) for path in out.rglob(".*"))
 
 
 def test_random_kills_always_resume_from_a_complete_checkpoint(

@@ -1,0 +1,73 @@
+"""Crash-safe checkpoints and a resume that refuses to change the run silently.
+
+- :mod:`~trl_basics.checkpoints.atomic`: atomic file and folder writes (temporary name, flush, fsync,
+  ``os.replace``, fsync of the folder), and the no-op write points the tests stop a process at.
+- :mod:`~trl_basics.checkpoints.marker`: the completion marker that lists every file with its size, a save's
+  begin and end, rotation once the new checkpoint is complete, and which checkpoint a resume takes.
+- :mod:`~trl_basics.checkpoints.trick_state`: the self-describing trick state file, the settings it records, and
+  the reader that refuses a checkpoint that does not fit the run.
+
+Each module imports only the ones listed before it. The names below are the package's interface.
+"""
+
+from .atomic import atomic_directory, atomic_write, fsync_directory, fsync_tree, write_json
+from .marker import (
+    MARKER_FILE,
+    MARKER_VERSION,
+    TRICK_STATE_FILE,
+    CheckpointError,
+    begin_checkpoint,
+    checkpoint_files,
+    checkpoint_problems,
+    find_resumable_checkpoint,
+    mark_complete,
+    resolve_resume,
+    rotate,
+    rotation_deferred,
+)
+from .trick_state import (
+    EXTRA_SETTINGS,
+    MONITOR_SETTINGS,
+    OPT_OUT,
+    TRICK_STATE_FORMAT,
+    TRICK_STATE_KEYS,
+    TRICK_STATE_VERSION,
+    class_name,
+    load_error,
+    nonfinite_values,
+    read_trick_state,
+    run_settings,
+    trick_state_document,
+)
+
+__all__ = [
+    "EXTRA_SETTINGS",
+    "MARKER_FILE",
+    "MARKER_VERSION",
+    "MONITOR_SETTINGS",
+    "OPT_OUT",
+    "TRICK_STATE_FILE",
+    "TRICK_STATE_FORMAT",
+    "TRICK_STATE_KEYS",
+    "TRICK_STATE_VERSION",
+    "CheckpointError",
+    "atomic_directory",
+    "atomic_write",
+    "begin_checkpoint",
+    "checkpoint_files",
+    "checkpoint_problems",
+    "class_name",
+    "find_resumable_checkpoint",
+    "fsync_directory",
+    "fsync_tree",
+    "load_error",
+    "mark_complete",
+    "nonfinite_values",
+    "read_trick_state",
+    "resolve_resume",
+    "rotate",
+    "rotation_deferred",
+    "run_settings",
+    "trick_state_document",
+    "write_json",
+]
