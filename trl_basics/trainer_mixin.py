@@ -273,7 +273,7 @@ class TrickTrainerMixin(TRLSeams):
     _trick_state_loaded_from: str | None = None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval=None):
-        """TRL's ``train``, with the checkpoint to resume from checked first (see ``trl_basics/checkpoints``).
+        """TRL's ``train``, with the checkpoint to resume from checked first (see ``trl_basics/checkpoints/``).
 
         ``True`` takes the newest *complete* checkpoint of ``output_dir``; a path must be a complete checkpoint of
         this trainer class, saved with the same settings, before anything is loaded.
@@ -296,12 +296,18 @@ class TrickTrainerMixin(TRLSeams):
 
     def checkpoint_settings(self) -> dict[str, Any]:
         estimator = self.trick_pipeline.estimator
-        return checkpoints.run_settings(self.args, estimator.name if estimator is not None else None)
+        return checkpoints.run_settings(
+            self.args, estimator.name if estimator is not None else None, self.checkpoint_extra_settings()
+        )
+
+    @classmethod
+    def declared_state_settings(cls) -> tuple[str, ...]:
+        """The ``state_settings`` this trainer class and its bases declare."""
+        return tuple(dict.fromkeys(name for klass in cls.__mro__ for name in vars(klass).get("state_settings", ())))
 
     def checkpoint_extra_settings(self) -> tuple[str, ...]:
-        """The trainer's declared ``state_settings`` (over its classes) and those of the active components."""
-        names = [name for cls in type(self).__mro__ for name in getattr(cls, "__dict__", {}).get("state_settings", ())]
-        return tuple(dict.fromkeys([*names, *self.trick_pipeline.state_settings]))
+        """The trainer's declared ``state_settings`` and those of the pipeline's active components."""
+        return tuple(dict.fromkeys([*self.declared_state_settings(), *self.trick_pipeline.state_settings]))
 
     def write_checkpoint_files(self, folder: str) -> None:
         """trl_basics' own files of a checkpoint, each written atomically (subclasses add theirs)."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from trl_basics import seams
+
 import trl_basics as tb
 from trl_basics import checkpoints
 from trl_basics.checkpoints import atomic
@@ -221,10 +223,10 @@ def test_rotation_waits_and_removes_later_incomplete_checkpoints(tmp_path, caplo
         save_total_limit = 2
 
     args = Args()
-    with checkpoints.rotation_deferred(args) as limit:
+    with seams.rotation_deferred(args) as limit:
         assert args.save_total_limit is None and limit == 2
     assert args.save_total_limit == 2
-    with pytest.raises(KeyError), checkpoints.rotation_deferred(args):
+    with pytest.raises(KeyError), seams.rotation_deferred(args):
         raise KeyError("save failed")
     assert args.save_total_limit == 2  # restored on errors too
 
@@ -249,7 +251,7 @@ def test_settings_record_every_trick_flag_and_the_trainer_specific_fields():
     import dataclasses
 
     rpp = tb.ReinforcePlusPlusConfig(output_dir="unused", use_cpu=True, bf16=False, baseline="group")
-    settings = checkpoints.run_settings(rpp, "group_mean")
+    settings = checkpoints.run_settings(rpp, "group_mean", tb.ReinforcePlusPlusTrainer.declared_state_settings())
     flags = {f.name for f in dataclasses.fields(tb.TrickArguments)} - {checkpoints.OPT_OUT}
     assert flags - set(checkpoints.MONITOR_SETTINGS) <= set(settings)
     assert not set(checkpoints.MONITOR_SETTINGS) & set(settings)  # the alarm only watches: it may change on resume
@@ -258,7 +260,7 @@ def test_settings_record_every_trick_flag_and_the_trainer_specific_fields():
     assert settings["baseline"] == "group" and settings["num_generations"] == rpp.num_generations
     assert settings["beta"] == 0.0
     ppo = tb.PPOMaxConfig(output_dir="unused", use_cpu=True, bf16=False, critic_learning_rate=1e-5)
-    ppo_settings = checkpoints.run_settings(ppo, "gae")
+    ppo_settings = checkpoints.run_settings(ppo, "gae", tb.PPOMaxTrainer.declared_state_settings())
     assert ppo_settings["critic_learning_rate"] == 1e-5 and ppo_settings["value_clip"] == ppo.value_clip
     assert "baseline" not in ppo_settings
 
@@ -267,15 +269,16 @@ def test_a_changed_trainer_specific_setting_is_refused(tmp_path):
     folder = _checkpoint(tmp_path, 1, files=("trainer_state.json",))
     group = tb.ReinforcePlusPlusConfig(output_dir="unused", use_cpu=True, bf16=False, baseline="group")
     plain = tb.ReinforcePlusPlusConfig(output_dir="unused", use_cpu=True, bf16=False)
+    declared = tb.ReinforcePlusPlusTrainer.declared_state_settings()
     document = checkpoints.trick_state_document(
-        tb.ReinforcePlusPlusTrainer, checkpoints.run_settings(group, "group_mean"), {}
+        tb.ReinforcePlusPlusTrainer, checkpoints.run_settings(group, "group_mean", declared), {}
     )
     checkpoints.write_json(str(folder / checkpoints.TRICK_STATE_FILE), document)
     with pytest.raises(checkpoints.CheckpointError) as refusal:
         checkpoints.read_trick_state(
             str(folder),
             trainer_class=tb.ReinforcePlusPlusTrainer,
-            settings=checkpoints.run_settings(plain, "reinforce"),
+            settings=checkpoints.run_settings(plain, "reinforce", declared),
             stateful=[],
             reset=False,
         )

@@ -39,7 +39,7 @@ def test_trl_version_is_in_the_tested_range():
 
 def test_checkpoint_rotation_is_the_last_step_of_a_save_and_reads_save_total_limit():
     """trl_basics completes its checkpoint before rotation by holding ``args.save_total_limit`` at ``None`` during
-    ``Trainer._save_checkpoint`` and rotating itself afterwards (``trl_basics/checkpoints.py``)."""
+    ``Trainer._save_checkpoint`` and rotating itself afterwards (``trl_basics/seams.py``)."""
     import transformers
     from transformers import trainer_utils
 

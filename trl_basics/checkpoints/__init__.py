@@ -23,10 +23,8 @@ from .marker import (
     mark_complete,
     resolve_resume,
     rotate,
-    rotation_deferred,
 )
 from .trick_state import (
-    EXTRA_SETTINGS,
     MONITOR_SETTINGS,
     OPT_OUT,
     TRICK_STATE_FORMAT,
@@ -41,7 +39,6 @@ from .trick_state import (
 )
 
 __all__ = [
-    "EXTRA_SETTINGS",
     "MARKER_FILE",
     "MARKER_VERSION",
     "MONITOR_SETTINGS",
@@ -66,7 +63,6 @@ __all__ = [
     "read_trick_state",
     "resolve_resume",
     "rotate",
-    "rotation_deferred",
     "run_settings",
     "trick_state_document",
     "write_json",

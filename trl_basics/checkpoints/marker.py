@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from . import atomic
@@ -84,7 +83,6 @@ def mark_complete(folder: str, global_step: int) -> None:
     atomic._reached("checkpoint:marked")
 
 
-@contextmanager
 def rotation_deferred(args: Any) -> Iterator[int | None]:
     """Hold back transformers' rotation during its ``_save_checkpoint``; yields the ``save_total_limit`` to apply.
 

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from .. import __version__
@@ -27,24 +28,6 @@ TRICK_STATE_VERSION = 2
 OPT_OUT = "resume_reset_changed_state"
 TRICK_STATE_KEYS = ("format", "format_version", "trl_basics_version", "trainer_class", "settings", "state")
 
-# Settings outside TrickArguments that the saved state (or what it means) depends on, recorded when the config has
-# them: the KL and group settings of the TRL parents, RLOO's knobs that feed the pipeline, REINFORCE++'s baseline
-# and PPO-max's critic.
-EXTRA_SETTINGS = (
-    "beta",
-    "num_generations",
-    "normalize_advantages",
-    "reward_clip_range",
-    "baseline",
-    "critic_model_path",
-    "critic_init",
-    "critic_learning_rate",
-    "critic_max_grad_norm",
-    "critic_warmup_steps",
-    "value_clip",
-)
-
-# The collapse alarm only watches the run (its windows start afresh on resume), so it may change across a resume.
 MONITOR_SETTINGS = ("collapse_alarm", "collapse_alarm_window")
 
 
@@ -77,12 +60,13 @@ def _options(folder: str, opt_out: bool) -> str:
 # --- writing ------------------------------------------------------------------------------------------------------------
 
 
-def run_settings(args: Any, estimator: str | None) -> dict[str, Any]:
-    """The settings the saved trick state depends on: every trick flag, the estimator in use and ``EXTRA_SETTINGS``."""
+def run_settings(args: Any, estimator: str | None, extra_settings: Iterable[str] = ()) -> dict[str, Any]:
+    """The settings the saved trick state depends on: every trick flag, the estimator in use, and the
+    ``extra_settings`` the trainer and the active tricks declare (``state_settings``), where the config has them."""
     excluded = {OPT_OUT, *MONITOR_SETTINGS}
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrickArguments) if f.name not in excluded}
     settings["advantage_estimator"] = estimator
-    for name in EXTRA_SETTINGS:
+    for name in extra_settings:
         if hasattr(args, name):
             settings[name] = getattr(args, name)
     return _plain(settings)
