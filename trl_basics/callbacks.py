@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from transformers import TrainerCallback
 
 from .config import COLLAPSE_ALARM_CHOICES
-from .metrics import ENTROPY, PARENT_KL, PERPLEXITY
+from .metrics import ENTROPY, MEMORY_RSS_BUILT, PARENT_KL, PERPLEXITY
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class CollapseAlarmCallback(TrainerCallback):
         entropy_jump_fraction: "Entropy jumps": this step's entropy >= (1 + this) × the previous window's mean ...
         perplexity_jump_fraction: ... or this step's perplexity >= (1 + this) × the previous window's mean, ...
         entropy_noise_factor: ... each also at least this many of the previous window's standard deviations above.
-        metrics: The trainer's ``_metrics`` (``{"train": {name: [values]}}``): read each step, ``collapse/*`` added.
+        metrics: The trainer's ``parent_metrics`` (``{"train": {name: [values]}}``): read each step, ``collapse/*`` added.
     """
 
     def __init__(
@@ -345,7 +345,7 @@ def install_collapse_alarm(trainer) -> CollapseAlarmCallback | None:
         max_completion_length=config.max_completion_length,
         kl_key=kl_metric or PARENT_KL,
         window=getattr(config, "collapse_alarm_window", 10),
-        metrics=trainer._metrics,
+        metrics=trainer.parent_metrics,
     )
     trainer.add_callback(trainer.collapse_alarm)
     return trainer.collapse_alarm
@@ -358,8 +358,8 @@ class TrainerMemoryMark(TrainerCallback):
     activations, optimizer state), the measure ``trl-basics compare`` reports and ``benchmarks/run.py`` uses.
     """
 
-    def __init__(self, metrics: dict) -> None:
-        self.metrics = metrics
+    def __init__(self, log) -> None:
+        self.log = log  # the trainer's metric path: log(name, value)
         self.rss_mb: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -367,7 +367,7 @@ class TrainerMemoryMark(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.rss_mb is not None:
-            self.metrics["train"]["memory/rss_built_mb"].append(self.rss_mb)
+            self.log(MEMORY_RSS_BUILT, self.rss_mb)
             self.rss_mb = None
 
 
@@ -386,4 +386,4 @@ def current_rss_mb() -> float | None:
 def install_monitors(trainer) -> None:
     """What every trl_basics trainer watches: the collapse alarm (per its config) and the memory mark."""
     install_collapse_alarm(trainer)
-    trainer.add_callback(TrainerMemoryMark(trainer._metrics))
+    trainer.add_callback(TrainerMemoryMark(lambda name, value: trainer.metric_log()(name, value)))

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 import trl
-from trl.trainer.utils import nanstd
 
+from .seams import nanstd
 from .trainer_mixin import TrickTrainerMixin
 
 

@@ -126,7 +126,7 @@ def _finite_in_float32(value: float) -> bool:
 def guard_reward_functions(reward_funcs: list[Any]) -> list[Any]:
     """Wrap every plain synchronous reward function; reward models and async functions are left as they are."""
     # The same tests TRL uses to route async functions and to name a function in its metrics.
-    from trl.trainer.utils import get_callable_name, is_async_callable
+    from .seams import get_callable_name, is_async_callable
 
     guarded = []
     for function in reward_funcs:

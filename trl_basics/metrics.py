@@ -30,6 +30,7 @@ ENTROPY = "entropy"
 CLIP_RATIO = "clip_ratio/region_mean"
 AUX_LOSS = "aux_loss"
 GUARD_SKIPPED_STEPS = "guard/skipped_steps"
+MEMORY_RSS_BUILT = "memory/rss_built_mb"  # resident memory of the built trainer, logged once
 PARENT_KL = "kl"  # the TRL parent's own KL metric (k3), watched when no trick gives one
 TRICK_PREFIX = "tricks"
 

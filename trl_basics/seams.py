@@ -21,9 +21,11 @@ Overrides of private methods (each calls the parent and hands what it saw to a t
 Temporary changes of parent state (context managers): :func:`parent_beta`, :func:`single_generation_allowed`,
 :meth:`TRLSeams.reference_logprobs_forced`, :meth:`TRLSeams.parent_kl_off` and :func:`rotation_deferred`.
 
-Private attributes and helpers read: ``_metrics`` (via :meth:`TRLSeams.metric_log`), ``_step``, ``_tokenizer``,
-``_get_learning_rate``, ``_get_output_dir``, ``trl.trainer.utils.use_adapter`` and
-``trl.models.utils.disable_gradient_checkpointing``.
+Private attributes read: ``_metrics`` (via :meth:`TRLSeams.metric_log` and :attr:`TRLSeams.parent_metrics`),
+``_step``, ``_tokenizer``, ``_get_learning_rate`` and ``_get_output_dir``. Helpers of TRL's internal modules
+(``trl.trainer.utils``, ``trl.models.utils``), which TRL does not export from ``trl``, are imported here and
+nowhere else: ``nanstd``, ``get_callable_name``, ``is_async_callable``, ``get_config_model_id``, ``use_adapter`` and
+``disable_gradient_checkpointing``.
 """
 
 from __future__ import annotations
@@ -34,9 +36,25 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import get_callable_name, get_config_model_id, is_async_callable, nanstd, use_adapter
 
 from . import checkpoints
 from .metrics import DeferredMetrics
+
+__all__ = [
+    "FORWARD_KEYS",
+    "TRLSeams",
+    "disable_gradient_checkpointing",
+    "get_callable_name",
+    "get_config_model_id",
+    "is_async_callable",
+    "nanstd",
+    "parent_beta",
+    "rloo_generation_passes",
+    "rotation_deferred",
+    "single_generation_allowed",
+]
 
 # Keyword inputs TRL forwards to the model for multimodal batches; passed through unchanged.
 FORWARD_KEYS = (
@@ -241,6 +259,11 @@ class TRLSeams:
         return deferred
 
     @property
+    def parent_metrics(self) -> dict:
+        """The parent's metric lists by mode (``{"train": {name: [values]}, "eval": ...}``), for monitors to read."""
+        return self._metrics
+
+    @property
     def metric_mode(self) -> str:
         return "train" if self.model.training else "eval"
 
@@ -272,9 +295,6 @@ class TRLSeams:
     def completion_logprobs(self, out: dict, reference: bool = False, batch_size: int | None = None) -> torch.Tensor:
         """Per-token log-probs of a round's completions, no gradient: under the policy as it is now, or under the
         reference policy (the reference model, or the PEFT base with the adapter off, or its frozen "ref" adapter)."""
-        from trl.models.utils import disable_gradient_checkpointing
-        from trl.trainer.utils import use_adapter
-
         input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
         attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
         forward = {key: out[key] for key in FORWARD_KEYS if key in out}

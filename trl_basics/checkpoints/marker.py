@@ -83,21 +83,6 @@ def mark_complete(folder: str, global_step: int) -> None:
     atomic._reached("checkpoint:marked")
 
 
-def rotation_deferred(args: Any) -> Iterator[int | None]:
-    """Hold back transformers' rotation during its ``_save_checkpoint``; yields the ``save_total_limit`` to apply.
-
-    ``Trainer._save_checkpoint`` ends with ``rotate_checkpoints(save_total_limit=self.args.save_total_limit, ...)``,
-    which deletes nothing when the limit is ``None``. The caller rotates with :func:`rotate` once its checkpoint is
-    complete.
-    """
-    limit = args.save_total_limit
-    args.save_total_limit = None
-    try:
-        yield limit
-    finally:
-        args.save_total_limit = limit
-
-
 def rotate(run_dir: str, folder: str, save_total_limit: int | None, best_model_checkpoint: str | None) -> None:
     """Rotate old checkpoints with transformers' own function, once ``folder`` is complete.
 
