@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trl_basics import LossInputs, Rollout, TrickArguments, TrickContext, TrickPipeline
+from trl_basics.types import Requirements
 
 
 def run(args, rollout, registry, ctx=None, default_estimator=None):
@@ -212,3 +213,58 @@ def test_missing_inputs_give_clear_errors(registry):
         run(TrickArguments(kl_coef=0.1), Rollout(rewards=torch.zeros(2), num_generations=2), registry)
     with pytest.raises(ValueError, match="needs critic values"):
         run(TrickArguments(advantage_estimator="gae"), Rollout(rewards=torch.zeros(2), num_generations=2), registry)
+
+
+def test_flag_switched_tricks_run_in_their_declared_order(registry):
+    from trl_basics.pipeline import flag_switched
+
+    order = [cls.name for cls in flag_switched(registry, TrickArguments())]
+    assert order == [
+        "reward_norm", "reward_scale", "reward_clip", "kl_shaping", "advantage_whiten", "advantage_clip",
+        "entropy_bonus",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {},
+        {"reward_norm": "batch"},
+        {"reward_scale": True},
+        {"reward_clip": 0.5},
+        {"kl_coef": 0.0},
+        {"kl_coef": 0.1, "kl_placement": "loss", "kl_estimator": "k2"},
+        {"whiten_advantages": True},
+        {"whiten_advantages": True, "whiten_advantages_center_only": True},
+        {"advantage_clip": 2.0},
+        {"entropy_bonus_coef": 0.01},
+        {"kl_estimator": "k3"},
+    ],
+    ids=str,
+)
+def test_a_trick_is_switched_on_exactly_when_it_builds_and_its_off_flags_switch_it_off(registry, flags):
+    from trl_basics.pipeline import flag_switched
+
+    args = TrickArguments(**flags)
+    for cls in flag_switched(registry, args):
+        assert cls.switched_on(args) == (cls.from_args(args, registry) is not None), cls.name
+        assert cls.flag in cls.off_flags, cls.name
+        if cls.switched_on(args):
+            off = TrickArguments(**{**flags, **cls.off_flags})
+            assert cls.from_args(off, registry) is None, cls.name
+
+
+def test_pipeline_requirements_combine_the_components_and_scope_the_kl_metric(registry):
+    none = TrickPipeline.from_args(TrickArguments(reward_norm="batch"), registry)
+    assert none.requirements == Requirements()
+    token = TrickPipeline.from_args(TrickArguments(kl_coef=0.1), registry)
+    assert token.requirements == Requirements(
+        sampling_logprobs=True, reference_logprobs=True, reference_model=True,
+        kl_metric="tricks/kl_shaping/k1_sequence_mean",
+    )  # fmt: skip
+    loss = TrickPipeline.from_args(TrickArguments(kl_coef=0.0, kl_placement="loss", kl_estimator="k2"), registry)
+    needs = loss.requirements
+    assert needs.loss_reference_logprobs and needs.loss_sampling_logprobs and not needs.reference_model  # β = 0
+    assert (Requirements(sampling_logprobs=True) | Requirements(kl_metric="x")) == Requirements(
+        sampling_logprobs=True, kl_metric="x"
+    )
