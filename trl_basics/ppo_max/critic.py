@@ -217,6 +217,8 @@ class Critic:
             sync_gradients: Whether this micro-batch ends an accumulation window (the optimizer steps after it).
             accumulation_steps: The divisor of the loss for gradient accumulation (DeepSpeed divides by itself).
         """
+        if step and policy_lr is None:
+            raise ValueError("Critic.update(step=True) needs policy_lr, the policy's current learning rate")
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         defer_sync = step and not self.deepspeed and not sync_gradients
@@ -233,11 +235,7 @@ class Critic:
                 else:
                     (loss / accumulation_steps).backward()
         stats = self._global_stats(loss.detach(), clip_fraction, mask)
-        if not step:
-            return stats
-        if policy_lr is None:
-            raise ValueError("Critic.update(step=True) needs policy_lr, the policy's current learning rate")
-        return self._optimizer_step(stats, policy_lr, sync_gradients)
+        return self._optimizer_step(stats, policy_lr, sync_gradients) if step else stats
 
     def _global_stats(self, loss: Tensor, clip_fraction: Tensor, mask: Tensor) -> CriticStats:
         """Loss and clip fraction over the active tokens of every process, from this process's token means."""
