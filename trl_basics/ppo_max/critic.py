@@ -16,7 +16,7 @@ import copy
 import os
 import pickle
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -268,13 +268,7 @@ class Critic:
             # A NaN/inf gradient (already reduced, so every process agrees) would poison the critic: skip the step.
             skipped = 1.0
         self.optimizer.zero_grad(set_to_none=True)
-        return CriticStats(
-            loss=stats.loss,
-            clip_fraction=stats.clip_fraction,
-            grad_norm=grad_norm,
-            skipped_steps=skipped,
-            learning_rate=learning_rate,
-        )
+        return replace(stats, grad_norm=grad_norm, skipped_steps=skipped, learning_rate=learning_rate)
 
     @staticmethod
     def _deepspeed_engine(
