@@ -17,7 +17,7 @@ from trl_basics.kit.tasks import get_task
 
 def critic_state(trainer):
     """The critic's full parameters (gathered under ZeRO-3) as one flat tensor, on every rank."""
-    state = trainer.critic_state_dict()
+    state = trainer.critic.state_dict()
     return torch.cat([state[name].float().reshape(-1) for name in sorted(state)])
 
 
@@ -51,7 +51,7 @@ def main(out_dir: str) -> None:
     report = {
         "world": trainer.accelerator.num_processes,
         "distributed_type": str(trainer.accelerator.distributed_type),
-        "zero_stage": trainer.critic.zero_optimization_stage(),
+        "zero_stage": trainer.critic.wrapped.zero_optimization_stage(),
         "critic_moved": float((end - start).abs().max()),
         "resume_max_abs_diff": float((end - resumed_end).abs().max()),
         "same_critic_on_every_rank": len(set(ends)) == 1,

@@ -92,7 +92,7 @@ def test_critic_from_reward_model_starts_as_the_reward_model(tmp_path, tiny_mode
     trainer = PPOMaxTrainer(model=tiny_model_dir, reward_funcs=reward_model_dir, args=config, train_dataset=dataset)
     assert trainer.critic_init_source == "reward_model"
     reward_model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir, num_labels=1).eval()
-    critic = trainer.accelerator.unwrap_model(trainer.critic)
+    critic = trainer.critic.model
     assert critic.score.bias is None
     torch.testing.assert_close(critic.score.weight, reward_model.score.weight)
     ids = AutoTokenizer.from_pretrained(reward_model_dir)("say : digits 1 2", return_tensors="pt").input_ids
@@ -109,7 +109,7 @@ def test_critic_from_policy_with_reward_functions(tmp_path, tiny_model_dir, task
     assert trainer.critic_init_source == "policy"
     assert "every reward is a plain function" in caplog.text
     policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    critic = trainer.accelerator.unwrap_model(trainer.critic)
+    critic = trainer.critic.model
     for name, param in policy.model.named_parameters():
         torch.testing.assert_close(critic.model.get_parameter(name), param, msg=name)
     explicit = make(PPOMaxConfig(**cpu_kwargs(tmp_path, critic_init="policy")), tiny_model_dir, task, dataset)
@@ -132,7 +132,7 @@ def test_critic_values_read_the_state_before_each_token():
 def test_critic_has_its_own_optimizer_and_learning_rate(tmp_path, tiny_model_dir, task, dataset):
     config = PPOMaxConfig(**cpu_kwargs(tmp_path, critic_learning_rate=1e-3, lr_scheduler_type="linear", max_steps=2))
     trainer = make(config, tiny_model_dir, task, dataset)
-    critic = trainer.accelerator.unwrap_model(trainer.critic)
+    critic = trainer.critic.model
     before_policy, before_critic = params(trainer.model), params(critic)
     trainer.train()
     assert all(not torch.equal(p, before_policy[n]) for n, p in trainer.model.named_parameters())
@@ -177,7 +177,7 @@ def test_gae_advantages_and_returns_follow_the_paper_on_a_real_rollout(tmp_path,
     torch.testing.assert_close(batch["advantages"], advantages, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(batch["returns"], returns, rtol=1e-5, atol=1e-5)
     # The old values are the critic's, at the state before each completion token, zero where masked.
-    critic = trainer.accelerator.unwrap_model(trainer.critic)
+    critic = trainer.critic.model
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
     with torch.no_grad():
@@ -247,7 +247,7 @@ def test_entropy_bonus(tmp_path, tiny_model_dir, task, dataset):
 def test_critic_warmup_freezes_the_actor(tmp_path, tiny_model_dir, task, dataset):
     config = PPOMaxConfig(**cpu_kwargs(tmp_path, max_steps=3), critic_warmup_steps=2)
     trainer = make(config, tiny_model_dir, task, dataset)
-    critic = trainer.accelerator.unwrap_model(trainer.critic)
+    critic = trainer.critic.model
     start_policy, start_critic = params(trainer.model), params(critic)
     snapshots = []
 
@@ -303,7 +303,7 @@ def test_critic_with_a_peft_adapter(tmp_path, tiny_model_dir, task, dataset):
     config = PPOMaxConfig(**cpu_kwargs(tmp_path, max_steps=2, save_strategy="steps", save_steps=1))
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     trainer = make(config, tiny_model_dir, task, dataset, critic_peft_config=lora)
-    critic = trainer.accelerator.unwrap_model(trainer.critic)
+    critic = trainer.critic.model
     trainable = {name for name, param in critic.named_parameters() if param.requires_grad}
     assert trainable and all("lora_" in name or "score" in name for name in trainable)
     assert any("score" in name for name in trainable)  # the value head learns in full
@@ -319,7 +319,7 @@ def test_critic_with_a_peft_adapter(tmp_path, tiny_model_dir, task, dataset):
     )  # fmt: skip
     assert (tmp_path / "checkpoint-2" / "critic" / "adapter_model.safetensors").exists()
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))  # at max_steps already: loads, no step
-    for name, param in resumed.accelerator.unwrap_model(resumed.critic).named_parameters():
+    for name, param in resumed.critic.model.named_parameters():
         torch.testing.assert_close(param, after[name], msg=name)
 
 
@@ -329,7 +329,7 @@ def test_non_finite_critic_gradient_skips_the_critic_step(tmp_path, tiny_model_d
     batch = trainer._generate_and_score_completions([dataset[i] for i in range(8)])
     batch["returns"] = torch.full_like(batch["returns"], float("nan"))  # a poisoned target
     trainer.current_gradient_accumulation_steps = 1
-    critic = trainer.accelerator.unwrap_model(trainer.critic)
+    critic = trainer.critic.model
     before = params(critic)
     trainer._critic_update(batch, step=True)
     assert all(torch.equal(p, before[n]) for n, p in critic.named_parameters())
@@ -343,11 +343,11 @@ def test_critic_model_argument_takes_a_path_or_a_token_classifier(tmp_path, tiny
 
     ready = load_value_model(reward_model_dir)
     trainer = make(PPOMaxConfig(**cpu_kwargs(tmp_path)), tiny_model_dir, task, dataset, critic_model=ready)
-    assert trainer.critic_init_source == "given" and trainer.accelerator.unwrap_model(trainer.critic) is ready
+    assert trainer.critic_init_source == "given" and trainer.critic.model is ready
     by_path = make(
         PPOMaxConfig(**cpu_kwargs(tmp_path), critic_model_path=reward_model_dir), tiny_model_dir, task, dataset
     )
-    torch.testing.assert_close(by_path.accelerator.unwrap_model(by_path.critic).score.weight, ready.score.weight)
+    torch.testing.assert_close(by_path.critic.model.score.weight, ready.score.weight)
     sequence_classifier = AutoModelForSequenceClassification.from_pretrained(reward_model_dir, num_labels=1)
     with pytest.raises(TypeError, match="ForTokenClassification"):
         make(PPOMaxConfig(**cpu_kwargs(tmp_path)), tiny_model_dir, task, dataset, critic_model=sequence_classifier)
@@ -364,7 +364,7 @@ def test_critic_from_an_unsaved_policy_copies_its_backbone(tmp_path, task, datas
     trainer = PPOMaxTrainer(
         model=policy, reward_funcs=task.reward_func, args=config, train_dataset=dataset, processing_class=tokenizer
     )
-    critic = trainer.accelerator.unwrap_model(trainer.critic)
+    critic = trainer.critic.model
     for name, param in policy.model.named_parameters():
         torch.testing.assert_close(critic.model.get_parameter(name), param, msg=name)
     trainer.train()

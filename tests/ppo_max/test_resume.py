@@ -46,11 +46,11 @@ def test_resume_continues_identically(steps_per_generation, tmp_path, tiny_model
     assert resumed.trick_pipeline.state_dict() == uninterrupted.trick_pipeline.state_dict()
     for (name, a), (_, b) in zip(resumed.model.named_parameters(), uninterrupted.model.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    critic_a = resumed.accelerator.unwrap_model(resumed.critic)
-    critic_b = uninterrupted.accelerator.unwrap_model(uninterrupted.critic)
+    critic_a = resumed.critic.model
+    critic_b = uninterrupted.critic.model
     for (name, a), (_, b) in zip(critic_a.named_parameters(), critic_b.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"critic {name}")
-    state_a, state_b = resumed.critic_optimizer.state_dict(), uninterrupted.critic_optimizer.state_dict()
+    state_a, state_b = resumed.critic.optimizer.state_dict(), uninterrupted.critic.optimizer.state_dict()
     for key in state_b["state"]:
         for field in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(state_a["state"][key][field], state_b["state"][key][field], rtol=0, atol=0)

@@ -52,7 +52,7 @@ def main(out_dir: str) -> None:
         ptx_dataset=[f"say : {w} {w}" for w in "abcdefgh"],
     )  # fmt: skip
     trainer.rounds = []
-    critic_start = flat(trainer.accelerator.unwrap_model(trainer.critic))
+    critic_start = flat(trainer.critic.model)
     trainer.train()
     accelerator = trainer.accelerator
 
@@ -76,11 +76,11 @@ def main(out_dir: str) -> None:
         for name in ("advantages", "returns"):
             used = global_rows(round_[name])
             worst = max(worst, float((getattr(expected, name).to(used.dtype) - used).abs().max()))
-    critic = accelerator.unwrap_model(trainer.critic)
+    critic = trainer.critic.model
     optimizer_state = torch.cat(
         [
             torch.cat([s["exp_avg"].reshape(-1), s["exp_avg_sq"].reshape(-1)])
-            for s in trainer.critic_optimizer.state.values()
+            for s in trainer.critic.optimizer.state.values()
         ]
     )
     vectors = {"policy": flat(trainer.model), "critic": flat(critic), "critic_optimizer": optimizer_state}

@@ -1,5 +1,5 @@
 from .callbacks import CollapseAlarmCallback, CollapseSignals
-from .critic import critic_values, load_value_model
+from .critic import Critic, CriticStats, critic_values, load_value_model
 from .ppo_max_config import CODE_SETTINGS, PAPER_SETTINGS, PPOMaxConfig
 from .ppo_max_trainer import PPOMaxTrainer
 
@@ -8,6 +8,8 @@ __all__ = [
     "PAPER_SETTINGS",
     "CollapseAlarmCallback",
     "CollapseSignals",
+    "Critic",
+    "CriticStats",
     "PPOMaxConfig",
     "PPOMaxTrainer",
     "critic_values",
