@@ -153,13 +153,13 @@ def test_gae_advantages_and_returns_follow_the_paper_on_a_real_rollout(tmp_path,
     config = PPOMaxConfig(**cpu_kwargs(tmp_path, per_device_train_batch_size=16))
     trainer = make(config, tiny_model_dir, task, dataset)
     seen = {}
-    original_build = trainer._build_rollout
+    original_build = trainer.build_rollout
 
     def spy(out, recorded):
         seen["rollout"] = original_build(out, recorded)
         return seen["rollout"]
 
-    trainer._build_rollout = spy
+    trainer.build_rollout = spy
     trainer.model.train()
     with torch.no_grad():  # move the policy away from the reference so that the KL term is not zero
         for param in trainer.model.parameters():
@@ -170,7 +170,7 @@ def test_gae_advantages_and_returns_follow_the_paper_on_a_real_rollout(tmp_path,
     kl = kl_k1(rollout.logprobs, rollout.ref_logprobs) * mask
     assert kl.abs().sum() > 0
     rewards = rollout.rewards  # TRL's gathered rewards, before any transform
-    assert torch.equal(rewards, trainer._scalar_rewards())
+    assert torch.equal(rewards, trainer.scalar_rewards())
     shaped = clip_rewards(normalize_rewards(rewards, rewards.mean(), rewards.std()), 0.3)
     token_rewards = outcome_token_rewards(shaped, mask) - 0.05 * kl
     advantages, returns = gae_advantages(token_rewards, batch["old_values"], mask, gamma=1.0, lam=0.9)
@@ -231,7 +231,7 @@ def test_multiple_minibatches_and_epochs_clip_policy_and_values(tmp_path, tiny_m
         num_iterations=2,
     )
     trainer = make(config, tiny_model_dir, task, dataset)
-    trainer._sampling_logprobs = lambda out: pytest.fail("GRPO already computed old log-probs off-policy")
+    trainer.sampling_logprobs = lambda out: pytest.fail("GRPO already computed old log-probs off-policy")
     trainer.train()
     assert len(logged(trainer, "value/explained_variance")) == 1  # one generation round for 4 updates
     assert max(logged(trainer, "value/clip_fraction")) > 0

@@ -23,13 +23,13 @@ class Recording(PPOMaxTrainer):
 
     rounds: list
 
-    def _build_rollout(self, out, recorded):
-        rollout = super()._build_rollout(out, recorded)
+    def build_rollout(self, out, recorded):
+        rollout = super().build_rollout(out, recorded)
         self.rounds.append({"rollout": rollout})
         return rollout
 
-    def _store_rollout_extras(self, out, rollout):
-        super()._store_rollout_extras(out, rollout)
+    def store_rollout_extras(self, out, rollout):
+        super().store_rollout_extras(out, rollout)
         self.rounds[-1].update(advantages=out["advantages"].clone(), returns=out["returns"].clone())
 
 

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from accelerate.utils import DistributedType
 from torch import Tensor, nn
-from trl.models.utils import disable_gradient_checkpointing
 
 from .. import checkpoints
 from ..functional import clipped_value_loss
+from ..seams import disable_gradient_checkpointing
 from .critic_models import (
     check_critic_architecture,
     critic_values,

@@ -23,10 +23,12 @@ from typing import Any, ClassVar
 import torch
 from accelerate.utils import is_peft_model
 from transformers import PreTrainedModel, TrainerCallback
-from trl.trainer.utils import get_config_model_id
 
 from ..functional import explained_variance
 from ..grpo_base import GRPOTrickTrainer
+from ..metrics import log_distribution
+from ..seams import get_config_model_id
+from ..trainer_mixin import action_mask
 from ..types import Rollout, TrickContext
 from .critic import Critic
 from .ppo_max_config import PPOMaxConfig
@@ -71,6 +73,14 @@ class PPOMaxTrainer(GRPOTrickTrainer):
     }
     config_class = PPOMaxConfig
     default_advantage_estimator = "gae"
+    state_settings = (
+        "critic_model_path",
+        "critic_init",
+        "critic_learning_rate",
+        "critic_max_grad_norm",
+        "critic_warmup_steps",
+        "value_clip",
+    )
 
     def __init__(
         self,
@@ -81,10 +91,10 @@ class PPOMaxTrainer(GRPOTrickTrainer):
         plugin_manager: Any = None,
         **kwargs: Any,
     ) -> None:
-        self._init_parent(args, kwargs)  # beta stays 0: GRPO's own KL term in the loss stays off
+        self._init_parent(args, kwargs, plugin_manager)  # beta stays 0: GRPO's own KL term in the loss stays off
         # The critic first: it looks for a reward model among the reward functions as the parent set them up.
         self._setup_critic(critic_model, critic_peft_config)
-        self._setup_tricks(plugin_manager)
+        self._setup_tricks()
         texts = ptx_texts(ptx_dataset, self.args)
         self._ptx = PtxDraws(texts, self.args.seed) if texts is not None else None
         self.add_callback(_FreezeActorCallback(self))
@@ -130,18 +140,13 @@ class PPOMaxTrainer(GRPOTrickTrainer):
         """True during critic warm-up: the policy does not move while the critic pre-trains."""
         return self.model.training and self.state.global_step < self.args.critic_warmup_steps
 
-    def _metric_log(self):
-        """The one ``log(name, value)`` every PPO-max metric goes through (tensors are read once per step)."""
-        mode = "train" if self.model.training else "eval"
-        return self.deferred_metrics.sink(self._metrics[mode], defer=mode == "train")
-
     # --- ptx -------------------------------------------------------------------------------------------------------
 
     def _ptx_batch(self) -> list[str]:
         """This micro-batch's ptx texts: a function of (global step, micro-step, rank), so resuming draws the same."""
         size = self.args.ptx_batch_size or self.args.per_device_train_batch_size
         accumulation = self.args.gradient_accumulation_steps
-        micro = self._step % accumulation
+        micro = self.accumulation_micro_step
         draw = (self.state.global_step * accumulation + micro) * self.accelerator.num_processes
         return self._ptx.batch((draw + self.accelerator.process_index) * size, size)
 
@@ -150,15 +155,15 @@ class PPOMaxTrainer(GRPOTrickTrainer):
         texts = self._ptx_batch()
         # Through the unwrapped module: under DDP the policy's single backward then reduces both terms once.
         policy = model if self.is_deepspeed_enabled else self.accelerator.unwrap_model(model)
-        return ptx_loss(policy, self._tokenizer, texts, self.args.ptx_max_length, self.accelerator)
+        return ptx_loss(policy, self.text_tokenizer, texts, self.args.ptx_max_length, self.accelerator)
 
     # --- generation round -------------------------------------------------------------------------------------------
 
-    def _build_rollout(self, out: dict, recorded: list) -> Rollout:
-        rollout = super()._build_rollout(out, recorded)
+    def build_rollout(self, out: dict, passes: list) -> Rollout:
+        rollout = super().build_rollout(out, passes)
         return rollout.replace(values=self.critic.values(out))
 
-    def _store_rollout_extras(self, out: dict, rollout: Rollout) -> None:
+    def store_rollout_extras(self, out: dict, rollout: Rollout) -> None:
         if rollout.returns is None:
             raise ValueError(
                 f"advantage_estimator={self.trick_pipeline.estimator.name!r} sets no returns, so the critic has no "
@@ -167,24 +172,26 @@ class PPOMaxTrainer(GRPOTrickTrainer):
         out["old_values"] = rollout.values.float()
         out["returns"] = rollout.returns.float()
 
-    def _log_rollout(self, rollout: Rollout, raw_rewards: torch.Tensor, ctx: TrickContext) -> None:
-        super()._log_rollout(rollout, raw_rewards, ctx)
+    def log_rollout(self, rollout: Rollout, raw_rewards: torch.Tensor, ctx: TrickContext) -> None:
+        super().log_rollout(rollout, raw_rewards, ctx)
         mask = rollout.completion_mask
         # How much of the return variance the critic explained *before* it trained on this batch (Schulman 2016).
         ev = explained_variance(rollout.values, rollout.returns, mask, reduce_fn=ctx.distributed_reduce)
         ctx.log("value/explained_variance", ev)
-        self._log_distribution(ctx, "value/old_values", rollout.values, mask)
+        log_distribution(ctx, "value/old_values", rollout.values, mask)
 
     # --- update -----------------------------------------------------------------------------------------------------
 
-    def _compute_loss(self, model, inputs):
-        loss = super()._compute_loss(model, inputs)  # clipped surrogate + loss-stage tricks (entropy bonus)
+    def after_policy_loss(self, model: Any, inputs: dict, loss: torch.Tensor, policy_pass: tuple) -> torch.Tensor:
+        """The critic's update, the ptx term and the warm-up freeze, after the clipped surrogate and the loss-stage
+        tricks (entropy bonus) of this micro-batch."""
+        loss = super().after_policy_loss(model, inputs, loss, policy_pass)
         training = self.model.training and torch.is_grad_enabled()
         if "returns" in inputs:
             self._critic_update(inputs, step=training)
         if self._ptx is not None and training:
             ptx = self._ptx_loss(model)
-            self._metric_log()("ptx/loss", self.accelerator.reduce(ptx.detach(), "mean"))
+            self.metric_log()("ptx/loss", self.accelerator.reduce(ptx.detach(), "mean"))
             # The parent scales its loss for gradient accumulation itself; scale the extra term the same way.
             loss = loss + self.args.ptx_coef * ptx / self.current_gradient_accumulation_steps
         if self.actor_frozen:
@@ -193,12 +200,10 @@ class PPOMaxTrainer(GRPOTrickTrainer):
 
     def _critic_update(self, inputs: dict, step: bool) -> None:
         """The critic's update on this micro-batch (an optimizer step at the accumulation boundary), logged."""
-        mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            mask = mask * inputs["tool_mask"]
+        mask = action_mask(inputs)
         policy_lr, accumulation = None, 1
         if step:
-            policy_lr = self._get_learning_rate() if self.lr_scheduler is not None else self.args.learning_rate
+            policy_lr = self.policy_learning_rate()
             accumulation = self.current_gradient_accumulation_steps
         stats = self.critic.update(
             inputs,
@@ -208,7 +213,7 @@ class PPOMaxTrainer(GRPOTrickTrainer):
             sync_gradients=self.accelerator.sync_gradients,
             accumulation_steps=accumulation,
         )
-        log = self._metric_log()
+        log = self.metric_log()
         for name, value in stats.metrics().items():
             log(name, value)
 
@@ -220,15 +225,14 @@ class PPOMaxTrainer(GRPOTrickTrainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         self.critic.save_pretrained(output_dir, should_save=self.args.should_save)
 
-    def _save_checkpoint_files(self, folder: str) -> None:
-        # Inside the mixin's save: before the completion marker and before older checkpoints are rotated away.
-        super()._save_checkpoint_files(folder)  # trick state (moments, KL controller)
+    def write_checkpoint_files(self, folder: str) -> None:
+        # Inside the seam's save: before the completion marker and before older checkpoints are rotated away.
+        super().write_checkpoint_files(folder)  # trick state (moments, KL controller)
         self.critic.save_checkpoint(folder, should_save=self.args.should_save)
 
-    def _checkpoint_problems(self, checkpoint: str) -> list[str]:
+    def checkpoint_problems(self, checkpoint: str) -> list[str]:
         return self.critic.checkpoint_problems(checkpoint)
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None:
-            self.critic.load_checkpoint(checkpoint)
+    def load_checkpoint_extras(self, checkpoint: str) -> None:
+        super().load_checkpoint_extras(checkpoint)  # the trick state, if train() has not loaded it yet
+        self.critic.load_checkpoint(checkpoint)
