@@ -132,7 +132,8 @@ def run_all(args: argparse.Namespace) -> dict:
                     )  # fmt: skip
     return {
         "timing": timing, "memory": memory, "wall_s": time.perf_counter() - started,
-        "finished": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_summary(), "versions": versions(),
+        "finished": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_summary(),
+        "versions": versions(),
     }  # fmt: skip
 
 

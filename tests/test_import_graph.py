@@ -88,8 +88,9 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     return {name: imports_of(name, path, modules) for name, path in modules.items()}
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle through every strongly connected group of modules (Tarjan's algorithm, without recursion)."""
+def import_groups(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or not (strongly connected components of more than one
+    module; Tarjan's algorithm, without recursion)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -127,7 +128,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                             break
                     if len(group) > 1:
                         groups.append(sorted(group))
-    return [_cycle_in(group, graph) for group in sorted(groups)]
+    return sorted(groups)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One shortest cycle through the first module of every group of `import_groups`."""
+    return [_cycle_in(group, graph) for group in import_groups(graph)]
 
 
 def _cycle_in(group: list[str], graph: dict[str, set[str]]) -> list[str]:
@@ -168,5 +174,9 @@ def test_the_graph_sees_function_level_and_relative_imports(tmp_path):
 
 
 def test_no_import_cycle():
-    found = cycles(import_graph())
-    assert not found, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in found)
+    graph = import_graph()
+    report = [
+        f"{' -> '.join(_cycle_in(group, graph))} (modules that import each other: {', '.join(group)})"
+        for group in import_groups(graph)
+    ]
+    assert not report, "import cycles:\n" + "\n".join(report)

@@ -1,4 +1,4 @@
-"""The table of `demo`, `compare` and `ablate` (Markdown, HTML and terminal) and their summary.json, one row per run."""
+"""The table of `demo`, `compare` and `ablate` (Markdown, HTML and terminal) and their summary.json: a row per run."""
 
 from __future__ import annotations
 
