@@ -1,10 +1,11 @@
 """Step time, generated tokens per second, peak GPU memory and host syncs of the trl_basics trainers against their
 TRL parents, at a real model size, on one GPU.
 
-The machinery is ``benchmarks/run.py``'s: the same trainers and settings (``TRAINERS``, ``build_trainer``), the same
-identical geometry (every completion forced to exactly ``--completion-length`` tokens), every trainer built in one
-child process and trained *in turns, one optimizer step each* (``Baton``, order rotated per repeat), warm-up steps
-dropped, medians over the timed steps of all repeats, and the same targets (``TARGETS``) and verdicts. What changes:
+The machinery is ``benchmarks/run.py``'s, shared in ``common.py``: the same trainers and settings (``TRAINERS``,
+``build_trainer``), the same identical geometry (every completion forced to exactly ``--completion-length`` tokens),
+every trainer built in one child process and trained *in turns, one optimizer step each* (``Baton``, order rotated
+per repeat), warm-up steps dropped, medians over the timed steps of all repeats, and the same targets (``TARGETS``)
+and verdicts. What changes:
 
 - **Model.** A Qwen2-architecture config (``--model 0.5b``: hidden 896, 24 layers, 14 heads with 2 key/value heads,
   MLP 4864, tied embeddings; ``1.5b``: hidden 1536, 28 layers, 12 heads, 2 key/value heads, MLP 8960) with a
@@ -49,107 +50,25 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
-from profile_step import count_tolist, sync_counter, sync_owner
-from run import (
-    TARGETS,
+from common import (  # benchmarks/ is on the path from here on
     TRAINERS,
     Baton,
-    _common_kwargs,
-    _instrument,
-    _median,
-    _params,
-    _verdict,
     build_trainer,
+    common_kwargs,
     cpu_model,
-    ratio_interval,
+    instrument,
+    parameter_counts,
     run_child,
     update_docs,
 )
+from gpu_model import MODELS, generation_kwargs, load_tokenizer, vllm_available, write_model
+from gpu_report import render, structure
+from profile_step import count_tolist, sync_counter, sync_owner
 
 GPU_DOCS_MARKERS = ("<!-- gpu-table:start -->", "<!-- gpu-table:end -->")
-QWEN2_VOCAB = 151_936
-# name: (hidden_size, layers, attention heads, key/value heads, intermediate_size, vocab_size)
-MODELS = {
-    "tiny": (64, 2, 4, 2, 128, 1024),
-    "0.5b": (896, 24, 14, 2, 4864, QWEN2_VOCAB),
-    "1.5b": (1536, 28, 12, 2, 8960, QWEN2_VOCAB),
-}
-# The TRL trainer each trl_basics trainer subclasses: the reference for "host syncs added".
-PARENTS = {"rloo": "trl_rloo", "rloo_tricks": "trl_rloo", "reinforce_pp": "trl_grpo", "ppo_max": "trl_grpo"}
-
-
-# --- the model ---------------------------------------------------------------------------------------------------
-
-
-def write_model(directory: str | os.PathLike[str], size: str, device: str = "cpu", seed: int = 0) -> Path:
-    """A Qwen2 causal LM of ``size`` (see ``MODELS``), random weights, and the kit tokenizer, saved to ``directory``.
-
-    Weights are bf16 unless ``size`` is ``tiny`` (fp32, for CPU runs). The vocabulary is larger than the tokenizer's:
-    see [`generation_kwargs`].
-    """
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
-    from trl_basics.kit.tokenizer import build_tokenizer
-
-    hidden, layers, heads, kv_heads, intermediate, vocab = MODELS[size]
-    tokenizer = build_tokenizer()
-    if vocab < len(tokenizer):
-        raise ValueError(f"the model's vocabulary ({vocab}) must hold the tokenizer's {len(tokenizer)} ids")
-    dtype = torch.float32 if size == "tiny" else torch.bfloat16
-    config = Qwen2Config(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
-        tie_word_embeddings=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6, attention_dropout=0.0,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, dtype=dtype,
-    )  # fmt: skip
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config).to(dtype).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
-    path = Path(directory)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def load_tokenizer(model_dir: str):
-    """The kit tokenizer saved next to the model. Passed to every trainer as ``processing_class``: next to a Qwen2
-    config, ``AutoTokenizer`` would reload it as ``Qwen2Tokenizer``, which does not tokenize with the kit's
-    vocabulary."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast.from_pretrained(model_dir)
-
-
-def undecodable_ids(tokenizer, vocab_size: int) -> list[int]:
-    """The ids of the embedding that ``tokenizer`` has no token for (``len(tokenizer)`` to ``vocab_size - 1``)."""
-    return list(range(len(tokenizer), vocab_size))
-
-
-def generation_kwargs(tokenizer, vocab_size: int, completion_length: int, backend: str) -> dict:
-    """TRL's ``generation_kwargs``: exactly ``completion_length`` tokens, never an id the tokenizer cannot decode.
-
-    transformers' ``generate`` takes ``suppress_tokens`` (their logits become -inf before sampling, as TRL does for a
-    VLM's image token); vLLM's ``SamplingParams`` take the complement, ``allowed_token_ids``.
-    """
-    if backend == "vllm":
-        return {"min_tokens": completion_length, "allowed_token_ids": list(range(len(tokenizer)))}
-    kwargs = {"min_new_tokens": completion_length}
-    if vocab_size > len(tokenizer):
-        kwargs["suppress_tokens"] = undecodable_ids(tokenizer, vocab_size)
-    return kwargs
-
-
-def vllm_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
 
 
 # --- worker: every trainer of one configuration in turns ------------------------------------------------------------
@@ -212,7 +131,7 @@ class SyncCounter:
 def _common(args: argparse.Namespace, output_dir: str, tokenizer, backend: str, checkpointing: bool) -> dict:
     """``run.py``'s shared trainer settings, moved to the device: bf16, SDPA, checkpointing as asked, vLLM colocate."""
     vocab = MODELS[args.model][5]
-    common = _common_kwargs(output_dir, args.batch_size, args.completion_length, args.num_generations, args.steps)
+    common = common_kwargs(output_dir, args.batch_size, args.completion_length, args.num_generations, args.steps)
     on_gpu = args.device == "cuda"
     common.update(
         use_cpu=not on_gpu, bf16=on_gpu, gradient_checkpointing=checkpointing,
@@ -331,7 +250,7 @@ def worker(args: argparse.Namespace) -> dict:
             sync()
             built = allocated() - before
             trainer.remove_callback(PrinterCallback)
-            times = _instrument(trainer, clock)
+            times = instrument(trainer, clock)
             turns = TakeTurns(entry)
             trainer.add_callback(turns)
             trainer.train()
@@ -366,7 +285,7 @@ def summarize_steps(trainer, times: list[float], turns, built: int, args: argpar
         raise RuntimeError(f"expected {args.steps} timed steps, got {len(times)}")
     if len(turns.syncs) != args.warmup:
         raise RuntimeError(f"expected sync counts of {args.warmup} warm-up steps, got {len(turns.syncs)}")
-    held, trained = _params(trainer)
+    held, trained = parameter_counts(trainer)
     step = statistics.median(times[args.warmup :])
     length = statistics.mean(lengths) if lengths else float("nan")
     cuda = args.device == "cuda"
@@ -476,141 +395,6 @@ def _versions() -> str:
         except PackageNotFoundError:
             if name == "vllm":
                 parts.append("vllm not installed")
-    return ", ".join(parts)
-
-
-def summarize(args: argparse.Namespace, results: dict) -> dict:
-    """Per configuration and trainer: step time pooled over the timed steps of every repeat, memory, syncs."""
-    cell: dict = {}
-    kept = slice(args.warmup, None)
-    for row in results["timing"]:
-        cell.setdefault((row["config"], row["trainer"]), []).append(row)
-    out = {}
-    for key, mine in cell.items():
-        steps = [t for r in mine for t in r["step_times_s"][kept]]
-        syncs = [s for r in mine for s in r["syncs_per_step"]]
-        ours = [s for r in mine for s in r["syncs_trl_basics_per_step"]]
-        peaks = [r["peak_memory_bytes"] for r in mine if r["peak_memory_bytes"] is not None]
-        step = _median(steps)
-        out[key] = {
-            "step_time_s": step,
-            "fastest_s": min(steps),
-            "samples": len(steps),
-            "tokens_per_s": args.batch_size * _median(r["mean_completion_length"] for r in mine) / step,
-            "length": _median(r["mean_completion_length"] for r in mine),
-            "syncs": _median(syncs),
-            "syncs_trl_basics": _median(ours),
-            "peak_memory_bytes": _median(peaks) if peaks else None,
-            "resident_memory_bytes": _median(r["resident_memory_bytes"] for r in mine) if peaks else None,
-            "transient_peak_bytes": _median(r["transient_peak_bytes"] for r in mine) if peaks else None,
-            "params_held": mine[0]["params_held"],
-        }
-    return out
-
-
-def _gib(value) -> str:
-    return "n/a" if value is None else f"{value / 2**30:.2f}"
-
-
-def render(args: argparse.Namespace, results: dict, command: str) -> str:
-    cell = summarize(args, results)
-    configs = list(dict.fromkeys(r["config"] for r in results["timing"]))
-    have = set(args.trainers)
-    hidden, layers, heads, kv_heads, intermediate, vocab = MODELS[args.model]
-    cuda = args.device == "cuda"
-    vllm_note = (
-        "vLLM colocate: measured (one process per trainer)."
-        if results["vllm"]
-        else "vLLM colocate: not measured (" + ("vllm is not importable" if not results["vllm_importable"]
-                                                else "switched off or not on a GPU") + ")."
-    )  # fmt: skip
-    lines = [
-        f"Command: `{command}`",
-        "",
-        (
-            f"Run finished {results['finished']}, {results['wall_s'] / 60:.1f} min on {results['device_name']}; "
-            f"{results['versions']}. Model: Qwen2 `{args.model}` (hidden {hidden}, {layers} layers, {heads} heads, "
-            f"{kv_heads} key/value heads, MLP {intermediate}, vocabulary {vocab:,}, "
-            f"{'bf16' if cuda else 'fp32'}, SDPA), random weights. B = {args.batch_size} completions per step "
-            f"({args.num_generations} per prompt), each exactly T = {args.completion_length} tokens. "
-            f"{args.steps} steps per trainer and run ({args.warmup} warm-up step(s) dropped from the times and used to "
-            f"count host syncs), {args.repeats} repeats, all trainers in turns in one process "
-            f"{'for every configuration' if args.one_process else 'per configuration'} (vLLM: one per trainer). "
-            f"{vllm_note}"
-        ),
-        "",
-    ]
-    for config in configs:
-        rows = [n for n in args.trainers if (config, n) in cell]
-        lines += [f"### {config}", "", "#### Targets", ""]
-        lines += [
-            "Ratios of the median step times (CUDA-synchronised wall clock of `training_step`)"
-            + (", with a 90% bootstrap interval" if len(rows) > 1 else "")
-            + ". Peak memory: the trainer's peak GPU memory as if alone (held + largest transient).",
-            "",
-            "| target | bound | measured | fastest steps | verdict |",
-            "|---|---|---|---|---|",
-        ]
-        sub = {"timing": [{**r, "geometry": config} for r in results["timing"] if r["config"] == config]}
-        for _, label, num, den, metric, bound in TARGETS:
-            if not {num, den} <= have or (config, num) not in cell or (config, den) not in cell:
-                continue
-            a, b = cell[config, num], cell[config, den]
-            if metric == "step":
-                value = a["step_time_s"] / b["step_time_s"]
-                low, high = ratio_interval(sub, args, config, num, den, key="step_times_s")
-                fastest = a["fastest_s"] / b["fastest_s"]
-                lines.append(
-                    f"| {label} | ≤ {bound:.2f} | {value:.3f} [{low:.3f}, {high:.3f}] | {fastest:.3f} | "
-                    f"{_verdict(value, bound, (low, high))} |"
-                )
-            elif a["peak_memory_bytes"] is not None and b["peak_memory_bytes"]:
-                value = a["peak_memory_bytes"] / b["peak_memory_bytes"]
-                lines.append(f"| {label} | ≤ {bound:.2f} | {value:.3f} | | {_verdict(value, bound)} |")
-            else:
-                lines.append(f"| {label} | ≤ {bound:.2f} | n/a (no GPU memory on {args.device}) | | |")
-        lines += [
-            "",
-            "#### Every trainer",
-            "",
-            (
-                "Step: median ms per `training_step` (CUDA-synchronised); tokens/s: generated tokens per second of "
-                "step time; peak: GiB as if alone (held: weights and optimizer states; transient: the largest peak of "
-                "a step above what was held); host syncs per step (median over the warm-up steps): all of them, those "
-                "in trl_basics' own code, and the total minus that of the TRL parent (the syncs trl_basics adds)."
-            ),
-            "",
-            (
-                "| trainer | step (ms) | fastest (ms) | tokens/s | peak (GiB) | held (GiB) | transient (GiB) | syncs | "
-                "in trl_basics | added over parent |"
-            ),
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name in rows:
-            r = cell[config, name]
-            parent = PARENTS.get(name)
-            added = "–"
-            if parent is not None and (config, parent) in cell:
-                added = f"{r['syncs'] - cell[config, parent]['syncs']:+.0f} ({TRAINERS[parent].label})"
-            lines.append(
-                f"| {TRAINERS[name].label} | {r['step_time_s'] * 1e3:.1f} | {r['fastest_s'] * 1e3:.1f} | "
-                f"{r['tokens_per_s']:.0f} | {_gib(r['peak_memory_bytes'])} | {_gib(r['resident_memory_bytes'])} | "
-                f"{_gib(r['transient_peak_bytes'])} | {r['syncs']:.0f} | {r['syncs_trl_basics']:.0f} | {added} |"
-            )
-        lines.append("")
-    lines += ["### Trainers", ""]
-    for name in args.trainers:
-        lines.append(f"- **{TRAINERS[name].label}**: {TRAINERS[name].description}.")
-    return "\n".join(lines) + "\n"
-
-
-def structure(results: dict, args: argparse.Namespace) -> dict:
-    """The machine-readable summary written next to the Markdown (``--json``): one entry per configuration."""
-    cell = summarize(args, results)
-    out: dict = {}
-    for (config, name), value in cell.items():
-        out.setdefault(config, {})[name] = value
-    return out
 
 
 def _on_off(text: str) -> bool:

@@ -35,21 +35,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DOCS_MARKERS = ("<!-- learning-table:start -->", "<!-- learning-table:end -->")
 
-# label: (CLI algorithm, completions per prompt, extra flags, description)
-ALGORITHMS = {
+# label: (algorithm of trl_basics.algorithms, completions per prompt, extra flags, description)
+RUNS = {
     "rloo_k4": ("rloo", 4, ["--beta", "0.05"], "RLOO, k=4 (leave-one-out baseline)"),
     "rloo_k2": ("rloo", 2, ["--beta", "0.05"], "RLOO, k=2"),
     "reinforce_ma": ("reinforce_ma", 1, ["--beta", "0.05"], "REINFORCE with moving-average baseline, k=1"),
     "ppo_max": ("ppo_max", 1, ["--critic_init", "policy"], "PPO-max (critic from the policy), k=1"),
     "reinforce_pp": ("reinforce_pp", 1, ["--kl_coef", "0.05"], "REINFORCE++, k=1"),
 }
-DEFAULT_ALGORITHMS = ["rloo_k4", "rloo_k2", "reinforce_ma", "ppo_max", "reinforce_pp"]
+DEFAULT_RUNS = ["rloo_k4", "rloo_k2", "reinforce_ma", "ppo_max", "reinforce_pp"]
 
 
 def run_one(label: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     from trl_basics.cli.experiments import ExperimentArguments, run_child, task_success_rate, train_command
 
-    algorithm, k, extra, _ = ALGORITHMS[label]
+    algorithm, k, extra, _ = RUNS[label]
     if algorithm == "ppo_max":
         extra = [*extra, "--critic_learning_rate", str(args.critic_lr)]
     experiment = ExperimentArguments(
@@ -112,7 +112,7 @@ def plot(runs: list[dict], args: argparse.Namespace, path: Path) -> None:
         x = [(i + 1) * args.completions_per_step for i in range(steps)]
         columns = [[c[i] for c in curves] for i in range(steps)]
         mean = [statistics.fmean(col) for col in columns]
-        (line,) = ax.plot(x, mean, label=f"{ALGORITHMS[label][3]} ({len(curves)} seeds)")
+        (line,) = ax.plot(x, mean, label=f"{RUNS[label][3]} ({len(curves)} seeds)")
         ax.fill_between(x, [min(col) for col in columns], [max(col) for col in columns], alpha=0.2,
                         color=line.get_color(), linewidth=0)  # fmt: skip
     ax.set_xlabel("completions seen")
@@ -175,7 +175,7 @@ def render(args: argparse.Namespace, runs: list[dict], command: str, wall: float
     ]
     for label, s in summary.items():
         cells = [f"{s[k][0]:.3f} [{s[k][1]:.3f}, {s[k][2]:.3f}]" for k in ("auc", "final", "success")]
-        lines.append(f"| {ALGORITHMS[label][3]} | {s['seeds']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {RUNS[label][3]} | {s['seeds']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Mean over seeds [min, max]. Ordering checks (mean over seeds; seeds where it holds):",
@@ -185,7 +185,7 @@ def render(args: argparse.Namespace, runs: list[dict], command: str, wall: float
         if a in summary and b in summary:
             by_auc = ordering(summary, runs, a, b, lambda r: auc(r["rewards"]))
             by_final = ordering(summary, runs, a, b, lambda r: final(r["rewards"]))
-            lines.append(f"- {ALGORITHMS[a][3]} ≥ {ALGORITHMS[b][3]}: AUC {by_auc}; final {by_final}")
+            lines.append(f"- {RUNS[a][3]} ≥ {RUNS[b][3]}: AUC {by_auc}; final {by_final}")
     return "\n".join(lines) + "\n", summary
 
 
@@ -202,7 +202,7 @@ def update_docs(path: Path, table: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Smoke test: two algorithms, one seed, a few steps.")
-    parser.add_argument("--algorithms", nargs="+", default=DEFAULT_ALGORITHMS, choices=list(ALGORITHMS))
+    parser.add_argument("--algorithms", nargs="+", default=DEFAULT_RUNS, choices=list(RUNS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--task", default="target_letter")
     parser.add_argument("--steps", type=int, default=150)

@@ -32,7 +32,8 @@ GEOMETRIES = {
     "kit-tiny": (64, 2, 4, 128),
     "small": (256, 4, 4, 1024),
 }
-TRAINERS = ("reinforce_pp", "ppo_max")
+# algorithm (of trl_basics.algorithms) -> its config values beyond the shared ones below
+TRAINERS = {"reinforce_pp": {}, "ppo_max": {"critic_learning_rate": 1e-4}}
 
 
 def _rss_kb() -> int:
@@ -47,7 +48,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from transformers import TrainerCallback
 
-    import trl_basics as tb
+    from trl_basics.algorithms import get_algorithm
     from trl_basics.kit.model import save_tiny_model
     from trl_basics.kit.tasks import get_task
 
@@ -68,10 +69,9 @@ def worker(args: argparse.Namespace) -> None:
             max_completion_length=args.completion_length, max_steps=args.steps, seed=0, beta=0.0, kl_coef=0.05,
             generation_kwargs={"min_new_tokens": args.completion_length},
         )  # fmt: skip
-        if args.trainer == "ppo_max":
-            config, trainer_cls = tb.PPOMaxConfig(**common, critic_learning_rate=1e-4), tb.PPOMaxTrainer
-        else:
-            config, trainer_cls = tb.ReinforcePlusPlusConfig(**common), tb.ReinforcePlusPlusTrainer
+        algorithm = get_algorithm(args.trainer)
+        config = algorithm.config_class()(**{**common, **algorithm.defaults, **TRAINERS[args.trainer]})
+        trainer_cls = algorithm.trainer_class()
         rss_before = _rss_kb()
         trainer = trainer_cls(
             model=model_dir, reward_funcs=task.reward_func, args=config,
@@ -139,7 +139,7 @@ def main() -> None:
     runs = []
     for geometry in args.geometries:
         for repeat in range(args.repeats):
-            order = TRAINERS if repeat % 2 == 0 else TRAINERS[::-1]
+            order = list(TRAINERS) if repeat % 2 == 0 else list(TRAINERS)[::-1]
             for trainer in order:
                 with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
                     result_path = tmp.name

@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import MODELS, TRAINERS, _common_kwargs, build_trainer
+from common import MODELS, TRAINERS, build_trainer, common_kwargs
 
 # Functions of trl_basics that run model passes themselves: model work, reported apart from the overhead. The value
 # is what the pass is; the key's inclusive time is the pass's cost.
@@ -190,7 +191,7 @@ def profile_trainer(name: str, args: argparse.Namespace, model_dir: str) -> None
                 clock["end"] = time.process_time()
 
     with tempfile.TemporaryDirectory() as tmp:
-        common = _common_kwargs(tmp, args.batch_size, args.completion_length, args.num_generations, steps)
+        common = common_kwargs(tmp, args.batch_size, args.completion_length, args.num_generations, steps)
         dataset = task.make_dataset(args.batch_size // args.num_generations * steps, seed=0)
         trainer = build_trainer(name, common, model_dir, dataset, task.reward_func)
         trainer.remove_callback(PrinterCallback)  # the log dicts on stdout

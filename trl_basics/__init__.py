@@ -4,76 +4,48 @@ drop-in TRL trainers, with their tricks as pluggy plugins switched on by config 
 import importlib
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
-    from .config import TrickArguments, validate_trick_arguments
-    from .hookspecs import hookimpl, hookspec
-    from .pipeline import TrickPipeline
-    from .plugins import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, Registry, get_plugin_manager
-    from .ppo_max import CollapseAlarmCallback, PPOMaxConfig, PPOMaxTrainer
-    from .reinforce_pp import ReinforcePlusPlusConfig, ReinforcePlusPlusTrainer
-    from .rloo import ReinforceWithBaselineConfig, ReinforceWithBaselineTrainer, RLOOConfig, RLOOTrainer
-    from .types import AdvantageEstimator, LossInputs, Rollout, Stage, Trick, TrickContext
+from .algorithms import package_exports
 
-_EXPORTS = {  # name -> submodule; imported on first use, so that `trl-basics --help` needs no torch
-    "TrickArguments": "config",
-    "validate_trick_arguments": "config",
-    "hookimpl": "hookspecs",
-    "hookspec": "hookspecs",
-    "TrickPipeline": "pipeline",
-    "DISABLE_AUTOLOAD_ENV": "plugins",
-    "ENTRY_POINT_GROUP": "plugins",
-    "Registry": "plugins",
-    "get_plugin_manager": "plugins",
-    "CollapseAlarmCallback": "ppo_max",
-    "PPOMaxConfig": "ppo_max",
-    "PPOMaxTrainer": "ppo_max",
-    "ReinforcePlusPlusConfig": "reinforce_pp",
-    "ReinforcePlusPlusTrainer": "reinforce_pp",
-    "ReinforceWithBaselineConfig": "rloo",
-    "ReinforceWithBaselineTrainer": "rloo",
-    "RLOOConfig": "rloo",
-    "RLOOTrainer": "rloo",
-    "AdvantageEstimator": "types",
-    "LossInputs": "types",
-    "Rollout": "types",
-    "Stage": "types",
-    "Trick": "types",
-    "TrickContext": "types",
-}
+if TYPE_CHECKING:  # for type checkers and IDEs (the names of __all__); at run time they load lazily
+    from .config import TrickArguments, validate_trick_arguments  # noqa: F401
+    from .hookspecs import hookimpl, hookspec  # noqa: F401
+    from .monitored_grpo import MonitoredGRPOTrainer  # noqa: F401
+    from .pipeline import TrickPipeline  # noqa: F401
+    from .plugins import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, Registry, get_plugin_manager  # noqa: F401
+    from .ppo_max import CollapseAlarmCallback, PPOMaxConfig, PPOMaxTrainer  # noqa: F401
+    from .reinforce_pp import ReinforcePlusPlusConfig, ReinforcePlusPlusTrainer  # noqa: F401
+    from .rloo import ReinforceWithBaselineConfig, ReinforceWithBaselineTrainer, RLOOConfig, RLOOTrainer  # noqa: F401
+    from .types import AdvantageEstimator, LossInputs, Rollout, Stage, Trick, TrickContext  # noqa: F401
+
+# name -> module; imported on first use, so that `trl-basics --help` needs no torch. The trainer and config classes
+# come from the algorithm table (`trl_basics.algorithms`).
+_EXPORTS = {
+    "TrickArguments": "trl_basics.config",
+    "validate_trick_arguments": "trl_basics.config",
+    "hookimpl": "trl_basics.hookspecs",
+    "hookspec": "trl_basics.hookspecs",
+    "TrickPipeline": "trl_basics.pipeline",
+    "DISABLE_AUTOLOAD_ENV": "trl_basics.plugins",
+    "ENTRY_POINT_GROUP": "trl_basics.plugins",
+    "Registry": "trl_basics.plugins",
+    "get_plugin_manager": "trl_basics.plugins",
+    "CollapseAlarmCallback": "trl_basics.ppo_max",
+    "AdvantageEstimator": "trl_basics.types",
+    "LossInputs": "trl_basics.types",
+    "Rollout": "trl_basics.types",
+    "Stage": "trl_basics.types",
+    "Trick": "trl_basics.types",
+    "TrickContext": "trl_basics.types",
+} | package_exports()
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DISABLE_AUTOLOAD_ENV",
-    "ENTRY_POINT_GROUP",
-    "AdvantageEstimator",
-    "CollapseAlarmCallback",
-    "LossInputs",
-    "PPOMaxConfig",
-    "PPOMaxTrainer",
-    "RLOOConfig",
-    "RLOOTrainer",
-    "Registry",
-    "ReinforcePlusPlusConfig",
-    "ReinforcePlusPlusTrainer",
-    "ReinforceWithBaselineConfig",
-    "ReinforceWithBaselineTrainer",
-    "Rollout",
-    "Stage",
-    "Trick",
-    "TrickArguments",
-    "TrickContext",
-    "TrickPipeline",
-    "get_plugin_manager",
-    "hookimpl",
-    "hookspec",
-    "validate_trick_arguments",
-]
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 - every lazily exported name
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

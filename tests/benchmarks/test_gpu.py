@@ -45,8 +45,8 @@ def test_tiny_cpu_run_times_and_counts_every_trainer_at_both_checkpointing_setti
     assert text.startswith("Command: `python benchmarks/gpu.py --device cpu --tiny")
     for config in CONFIGS:
         assert f"### {config}" in text
-    run = _load("run")
-    for _, label, *_ in run.TARGETS:
+    common = _load("common")
+    for _, label, *_ in common.TARGETS:
         assert text.count(f"| {label} |") == len(CONFIGS), label
     assert "| tb.PPOMaxTrainer |" in text and "(trl.GRPOTrainer) |" in text
     if importlib.util.find_spec("vllm") is None:

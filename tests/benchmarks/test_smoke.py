@@ -62,11 +62,12 @@ def test_learning_benchmark_quick_writes_the_table_and_the_plot(tmp_path):
 def test_docs_show_every_target_and_the_commands():
     """docs/benchmarks.md holds the latest tables, with every target and the commands that produced them."""
     run = _load("run")
+    common = _load("common")
     learning = _load("learning")
     text = (REPO / "docs" / "benchmarks.md").read_text()
     for markers in (run.DOCS_MARKERS, learning.DOCS_MARKERS):
         assert all(marker in text for marker in markers)
-    for _, label, *_ in run.TARGETS:
+    for _, label, *_ in common.TARGETS:
         assert f"| {label}" in text, label
     assert "PPO-max's own overhead" in text
     assert "Command: `OMP_NUM_THREADS=1 python benchmarks/run.py" in text
@@ -85,8 +86,8 @@ def test_update_docs_replaces_only_the_marked_block(tmp_path):
 def test_baton_runs_threads_in_turns():
     import threading
 
-    run = _load("run")
-    baton = run.Baton(["a", "b"])
+    common = _load("common")
+    baton = common.Baton(["a", "b"])
     seen = []
 
     def worker(name, turns):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from trl_basics.cli import experiments, main
-from trl_basics.cli.experiments import DEMO_ALGORITHMS, strip_flags
+from trl_basics.cli.ablate import strip_flags
+from trl_basics.cli.demo import DEMO_ALGORITHMS
 from trl_basics.cli.report import (
     RISE_T_THRESHOLD,
     Baseline,
@@ -175,7 +176,7 @@ def test_ablate_switches_each_trick_off_and_its_command_runs_when_pasted(tmp_pat
     """One ablation, started exactly as its report's "Produced by" line reads, pasted into a shell."""
     out = tmp_path / "ablate"
     argv = ["--output_dir", str(out), "--max_steps", "3", "--reward_norm", "running"]
-    line = experiments._command_line("ablate reinforce_pp", argv)
+    line = experiments.command_line("ablate reinforce_pp", argv)
     assert line.startswith("trl-basics ablate reinforce_pp --output_dir ")  # not 'ablate reinforce_pp' quoted
     bin_dir = str(Path(sys.executable).parent)  # where the `trl-basics` entry point is installed
     result = subprocess.run(

@@ -10,6 +10,10 @@ import os
 import sys
 import traceback
 
+from ..algorithms import ALGORITHMS
+from .environment import LAUNCH_ENVIRONMENT  # read here, before any YAML `env:` block; child runs start from it
+from .errors import did_you_mean
+
 USAGE = """usage: trl-basics COMMAND [ARGS]
 
 commands:
@@ -25,7 +29,6 @@ Run `trl-basics COMMAND --help` for the flags of a command.
 
 
 COMMANDS = ("demo", "train", "compare", "ablate", "plugins")
-LAUNCH_ENVIRONMENT = dict(os.environ)  # before any YAML `env:` block is applied; child runs start from this
 BUG_NOTE = (
     "This is a bug in trl_basics or a library it uses, not a problem with your input: please report it with the "
     "command and the traceback above."
@@ -46,9 +49,6 @@ def smoke_flags(command: str, argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .algorithms import ALGORITHMS
-    from .flags import did_you_mean
-
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = USAGE.format(algorithms=", ".join(ALGORITHMS))
     if not argv or argv[0] in ("-h", "--help"):
@@ -71,11 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run(rest[0], rest[1:])
         if command in ("demo", "compare", "ablate"):
-            from . import experiments
-
-            rest = smoke_flags(command, rest)
-
-            return getattr(experiments, f"run_{command}")(rest)
+            return run_experiment(command, smoke_flags(command, rest))
         from ..plugins import Registry, describe
 
         for kind, plugin, origin in describe(Registry.from_plugin_manager()):
@@ -91,6 +87,24 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"trl-basics {name}: {BUG_NOTE}", file=sys.stderr)
         return 1
+
+
+def run_experiment(command: str, argv: list[str]) -> int:
+    """`demo`, `compare` or `ablate` (each imports TRL's parser, so only when asked for)."""
+    if command == "demo":
+        from .demo import run_demo
+
+        return run_demo(argv)
+    if command == "compare":
+        from .compare import run_compare
+
+        return run_compare(argv)
+    from .ablate import run_ablate
+
+    return run_ablate(argv)
+
+
+__all__ = ["BUG_NOTE", "COMMANDS", "LAUNCH_ENVIRONMENT", "USAGE", "main", "run_experiment", "smoke_flags"]
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ with one of the prefixes below. Everything else, a YAML ``env:`` block included,
 
 from __future__ import annotations
 
+import os
+
+LAUNCH_ENVIRONMENT = dict(os.environ)  # read when the command line is imported, before any YAML `env:` block
 CHILD_VARIABLES = frozenset(
     {
         "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
@@ -24,11 +27,11 @@ CHILD_PREFIXES = (
 def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     """The variables of ``base`` (default: the environment at start-up) that a child training run needs."""
     if base is None:
-        from . import LAUNCH_ENVIRONMENT as base
+        base = LAUNCH_ENVIRONMENT
     env = {key: value for key, value in base.items() if key in CHILD_VARIABLES or key.startswith(CHILD_PREFIXES)}
     env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest and timings stay comparable
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-__all__ = ["CHILD_PREFIXES", "CHILD_VARIABLES", "child_environment"]
+__all__ = ["CHILD_PREFIXES", "CHILD_VARIABLES", "LAUNCH_ENVIRONMENT", "child_environment"]

@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
-from trl import TrlParser
 
-from .algorithms import ALGORITHMS, get_algorithm
-from .report import TERMINAL_COLUMNS, Baseline, RunResult, summary, table_rows, text_table, write_report
+from ..algorithms import ALGORITHMS
+from .assessment import Baseline, RunResult
+from .environment import child_environment
+from .errors import UsageError, did_you_mean, lookup_algorithm
+from .flags import algorithm_flags, check_train_args
+from .parser import make_parser
+from .tables import TERMINAL_COLUMNS, summary, table_rows, text_table
 
-DEMO_ALGORITHMS = ["rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo_max", "grpo"]
+DESCRIPTION = __doc__  # the description of `compare --help` and `demo --help`
 
 
 @dataclass
@@ -49,40 +53,17 @@ class ExperimentArguments:
     )
     num_generations: int = field(default=4, metadata={"help": "Completions per prompt."})
     max_completion_length: int = field(default=4, metadata={"help": "Completion length cap (tokens)."})
-    learning_rate: float = field(default=3e-3, metadata={"help": "Policy learning rate (tiny models need a large one)."})
-    eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts for the final task success rate."})
-
-
-@dataclass
-class CompareArguments(ExperimentArguments):
-    algorithms: list[str] = field(
-        default_factory=lambda: ["rloo", "reinforce_pp", "reinforce_pp_baseline", "reinforce_ma", "grpo"],
-        metadata={"help": f"Algorithms to run, from: {', '.join(ALGORITHMS)}."},
-    )
-
-
-@dataclass
-class DemoArguments(ExperimentArguments):
-    output_dir: str = field(default="trl-basics-output/demo", metadata={"help": "Where models, runs and the report go."})
-    algorithms: list[str] = field(
-        default_factory=lambda: list(DEMO_ALGORITHMS), metadata={"help": "Algorithms to run after SFT and RM training."}
-    )
     learning_rate: float = field(
-        default=1.5e-3,
-        metadata={
-            "help": "Policy learning rate of the RL runs: half the kit's 3e-3, at which RLOO's policy broke on its "
-            "last step on some seeds and machines."
-        },
+        default=3e-3, metadata={"help": "Policy learning rate (tiny models need a large one)."}
     )
-    sft_steps: int = field(default=30, metadata={"help": "Supervised fine-tuning steps (32 examples each)."})
-    reward_model_steps: int = field(default=100, metadata={"help": "Reward-model training steps (32 pairs each)."})
+    eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts for the final task success rate."})
 
 
 # --- running one training in a child process -------------------------------------------------------------------------
 
 
 def train_command(algorithm: str, args: ExperimentArguments, run_dir: Path, extra: list[str]) -> list[str]:
-    task_reward = f"trl_basics.kit.tasks:{_task_reward_name(args.task)}"
+    task_reward = f"trl_basics.kit.tasks:{task_reward_name(args.task)}"
     command = [
         sys.executable, "-m", "trl_basics.cli", "train", algorithm,
         "--output_dir", str(run_dir),
@@ -115,7 +96,8 @@ def train_command(algorithm: str, args: ExperimentArguments, run_dir: Path, extr
     return command + list(extra)
 
 
-def _task_reward_name(task_name: str) -> str:
+def task_reward_name(task_name: str) -> str:
+    """The name of the kit task's reward function (its metric is ``rewards/<name>/mean``)."""
     from ..kit.tasks import get_task
 
     return get_task(task_name).reward_func.__name__
@@ -129,8 +111,6 @@ def run_child(command: list[str], log_path: Path, progress: tqdm | None = None) 
 
     With ``progress``, the bar advances by one for every training step the child logs, showing its current reward.
     """
-    from .environment import child_environment
-
     env = child_environment()  # only what the run needs, never a YAML `env:` block (see environment.py)
     start = time.perf_counter()
     with open(log_path, "w") as log, open(log_path) as follow:
@@ -190,9 +170,6 @@ def _failure_reason(log_path: Path, code: int) -> str:
 
 def check_flags(algorithms: list[str], extra: list[str], output_dir: Path) -> None:
     """Refuse, before any run starts, a flag that some algorithm does not take (or a value its config refuses)."""
-    from .flags import UsageError, algorithm_flags, check_train_args, did_you_mean
-    from .train import make_parser
-
     if not extra:
         return
     # First from the stored flag lists (no torch): unknown flags and values of the wrong type, at once.
@@ -217,7 +194,7 @@ def check_flags(algorithms: list[str], extra: list[str], output_dir: Path) -> No
         parser = make_parser(algorithm)
         probe = ["--output_dir", str(output_dir / "probe"), *extra]
         try:
-            with _quiet_warnings():
+            with quiet_warnings():
                 *_, remaining = parser.parse_args_and_config(probe, return_remaining_strings=True)
         except SystemExit:
             raise ValueError(f"{algorithm} refuses the flags {shlex.join(extra)} (see the message above)") from None
@@ -257,32 +234,15 @@ def task_success_rate(model_dir: str, args: ExperimentArguments) -> float:
     return task.success_rate(prompts, completions)
 
 
-def _command_line(name: str, argv: list[str]) -> str:
+def command_line(name: str, argv: list[str]) -> str:
     """The command as a user pastes it: ``name`` may be several words (``ablate reinforce_pp``)."""
     return shlex.join(["trl-basics", *name.split(), *argv])
 
 
-def _check_algorithms(names: list[str]) -> None:
+def check_algorithms(names: list[str]) -> None:
+    """A `UsageError` for the first name that is not an algorithm."""
     for name in names:
-        get_algorithm(name)
-
-
-# --- compare ---------------------------------------------------------------------------------------------------------
-
-
-def run_compare(argv: list[str]) -> int:
-    parser = TrlParser((CompareArguments,), prog="trl-basics compare", description=__doc__)
-    args, extra = parser.parse_args_and_config(argv, return_remaining_strings=True)
-    _check_algorithms(args.algorithms)
-    out = Path(args.output_dir)
-    check_flags(args.algorithms, extra, out)
-    with _quiet_warnings():
-        runs = [run_training(algorithm, algorithm, args, extra, out / "runs") for algorithm in args.algorithms]
-        report = write_report(
-            runs, out, f"Comparison on kit:{args.task}", command=_command_line("compare", argv),
-            task_metric=f"rewards/{_task_reward_name(args.task)}/mean", length_cap=args.max_completion_length,
-        )  # fmt: skip
-    return finish(runs, None, report)
+        lookup_algorithm(name)
 
 
 def finish(runs: list[RunResult], baseline: Baseline | None, report: Path, strict: bool = False) -> int:
@@ -295,7 +255,7 @@ def finish(runs: list[RunResult], baseline: Baseline | None, report: Path, stric
 
 
 @contextmanager
-def _quiet_warnings():
+def quiet_warnings():
     """Silence dependency warnings known to be harmless here (deprecations TRL triggers, progress bars of loads)."""
     import transformers
 
@@ -325,204 +285,3 @@ KNOWN_HARMLESS_WARNINGS = (
     r".*`torch_dtype` is deprecated",
     r".*pin_memory.*no accelerator",
 )
-
-
-# --- ablate ----------------------------------------------------------------------------------------------------------
-
-
-def ablation_switches(algorithm: str, args: ExperimentArguments, extra: list[str]) -> dict[str, dict]:
-    """For each trick the configuration switches on, the flag values that switch it off."""
-    from .train import make_parser
-
-    parser = make_parser(algorithm)
-    # Build the run's config in-process (nothing is trained) to see which tricks it switches on.
-    _, config, _ = parser.parse_args_and_config(
-        ["--output_dir", str(Path(args.output_dir) / "probe"), "--num_generations", str(args.num_generations), *extra]
-    )
-    return config.ablation_switches()
-
-
-def strip_flags(argv: list[str], keys: set[str]) -> list[str]:
-    """``argv`` without the flags named in ``keys`` (and their values)."""
-    kept, skipping = [], False
-    for token in argv:
-        if token.startswith("--"):
-            name = token[2:].split("=", 1)[0].replace("-", "_")
-            skipping = name in keys
-            if skipping:
-                continue
-        elif skipping:
-            continue
-        kept.append(token)
-    return kept
-
-
-def variant_flags(run_dir: Path, overrides: dict) -> list[str]:
-    """Flags that apply ``overrides``: through a YAML file, since a command line cannot spell ``None``."""
-    import yaml
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "ablation.yaml"
-    path.write_text(yaml.safe_dump(overrides))
-    return ["--config", str(path)]
-
-
-def run_ablate(argv: list[str]) -> int:
-    if not argv or argv[0].startswith("-"):
-        print(f"trl-basics ablate: name an algorithm first: {', '.join(ALGORITHMS)}", file=sys.stderr)
-        return 2
-    algorithm, argv = argv[0], argv[1:]
-    get_algorithm(algorithm)
-    parser = TrlParser((ExperimentArguments,), prog=f"trl-basics ablate {algorithm}")
-    parser.set_defaults(output_dir=f"trl-basics-output/ablate-{algorithm}")
-    args, extra = parser.parse_args_and_config(argv, return_remaining_strings=True)
-    switches = ablation_switches(algorithm, args, extra)
-    if not switches:
-        raise ValueError(
-            f"{algorithm} with these flags switches no trick on, so there is nothing to ablate. Add trick flags "
-            "(for example --reward_norm running --whiten_advantages true)."
-        )
-    out = Path(args.output_dir)
-    variants = {"all tricks": {}} | {f"without {name}": overrides for name, overrides in switches.items()}
-    runs = []
-    with _quiet_warnings():
-        for label, overrides in variants.items():
-            slug = label.replace(" ", "_")
-            flags = strip_flags(extra, set(overrides))
-            flags += variant_flags(out / "runs" / slug, overrides) if overrides else []
-            runs.append(run_training(slug, algorithm, args, flags, out / "runs"))
-            runs[-1].label = label
-        disabled = ", ".join(f"`{name}` ({_flag_text(overrides)})" for name, overrides in switches.items())
-        report = write_report(
-            runs, out, f"Ablation of {algorithm} on kit:{args.task}",
-            preamble="Each row switches one trick off, all else equal (same seed, model, prompts and budget). "
-            f"Disabled in turn: {disabled}.",
-            command=_command_line(f"ablate {algorithm}", argv),
-            task_metric=f"rewards/{_task_reward_name(args.task)}/mean", length_cap=args.max_completion_length,
-        )  # fmt: skip
-    return finish(runs, None, report)
-
-
-def _flag_text(overrides: dict) -> str:
-    return ", ".join(f"{key}={value!r}" for key, value in overrides.items())
-
-
-# --- demo ------------------------------------------------------------------------------------------------------------
-
-
-def run_demo(argv: list[str]) -> int:
-    parser = TrlParser((DemoArguments,), prog="trl-basics demo", description=__doc__)
-    args, extra = parser.parse_args_and_config(argv, return_remaining_strings=True)
-    _check_algorithms(args.algorithms)
-    out = Path(args.output_dir)
-    check_flags(args.algorithms, extra, out)
-    models = out / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with _quiet_warnings():
-        from ..kit.model import save_tiny_model
-
-        base = save_tiny_model(models / "initial", seed=args.seed)
-        sft_dir = supervised_fine_tune(str(base), models / "sft", args)
-        sft_success = task_success_rate(str(sft_dir), args)
-        reward_dir, reward_accuracy = train_reward_model(str(sft_dir), models / "reward", args)
-        rl_args = DemoArguments(
-            **{**vars(args), "model_name_or_path": str(sft_dir), "reward_model_name_or_path": str(reward_dir)}
-        )
-        runs = [run_training(algorithm, algorithm, rl_args, extra, out / "runs") for algorithm in args.algorithms]
-        baseline = Baseline(f"SFT (start of RL, {args.sft_steps} steps)", sft_success, args.eval_prompts)
-        preamble = (
-            f"Pipeline: tiny Llama-style model built locally → SFT ({args.sft_steps} steps, task success after SFT "
-            f"{100 * sft_success:.1f}%) → reward model with TRL's RewardTrainer ({args.reward_model_steps} steps, "
-            f"held-out pair accuracy {100 * reward_accuracy:.1f}%) → RL from the SFT model against the reward model, "
-            f"{args.max_steps} steps × {args.completions_per_step} completions for every algorithm, learning rate "
-            f"{args.learning_rate:g}, seed {args.seed}. The task's verifiable reward is logged beside the reward "
-            f"model's (weight 0). Wall time of the whole demo: {time.perf_counter() - start:.0f} s."
-        )
-        report = write_report(
-            runs, out, f"trl-basics demo on kit:{args.task}", preamble=preamble, command=_command_line("demo", argv),
-            task_metric=f"rewards/{_task_reward_name(args.task)}/mean", baseline=baseline,
-            length_cap=args.max_completion_length,
-        )  # fmt: skip
-    data = json.loads((out / "summary.json").read_text())
-    data.update(sft_success_rate=sft_success, reward_model_accuracy=reward_accuracy, seed=args.seed)
-    (out / "summary.json").write_text(json.dumps(data, indent=2))
-    return finish(runs, baseline, report, strict=True)
-
-
-def _phase_progress(desc: str):
-    """One progress bar for an in-process training phase: step/total and the latest loss (a TrainerCallback, built
-    here so that `compare`/`ablate`/`demo --help` and their argument errors need not import transformers' trainer)."""
-    from transformers import TrainerCallback
-
-    class PhaseProgress(TrainerCallback):
-        def __init__(self) -> None:
-            self.bar: tqdm | None = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, desc=desc, unit="step", dynamic_ncols=True)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.bar.update(state.global_step - self.bar.n)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.bar is not None and logs and "loss" in logs:
-                self.bar.set_postfix_str(f"loss {float(logs['loss']):.3f}")
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.bar.close()
-
-    return PhaseProgress()
-
-
-def _with_phase_bar(trainer, desc: str):
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_phase_progress(desc))
-    return trainer
-
-
-def _common_trainer_kwargs(output_dir: Path, args: ExperimentArguments, steps: int, learning_rate: float) -> dict:
-    from .train import machine_defaults
-
-    return dict(
-        output_dir=str(output_dir), seed=args.seed, max_steps=steps, learning_rate=learning_rate,
-        per_device_train_batch_size=32, logging_steps=10, save_strategy="no", report_to="none",
-        gradient_checkpointing=False, disable_tqdm=True, **machine_defaults(),
-    )  # fmt: skip
-
-
-def supervised_fine_tune(base: str, output_dir: Path, args: DemoArguments) -> Path:
-    """TRL's SFTTrainer on the task's worked examples: a partly competent starting policy for RL."""
-    import trl
-
-    from ..kit.tasks import get_task
-
-    task = get_task(args.task)
-    config = trl.SFTConfig(**_common_trainer_kwargs(output_dir, args, args.sft_steps, 3e-3), max_length=32)
-    trainer = trl.SFTTrainer(model=base, args=config, train_dataset=task.make_sft_dataset(4096, seed=args.seed))
-    _with_phase_bar(trainer, "SFT").train()
-    trainer.save_model(str(output_dir))
-    return output_dir
-
-
-def train_reward_model(sft_dir: str, output_dir: Path, args: DemoArguments) -> tuple[Path, float]:
-    """TRL's RewardTrainer on synthetic preference pairs, initialised from the SFT model."""
-    import trl
-
-    from ..kit.tasks import get_task
-
-    task = get_task(args.task)
-    config = trl.RewardConfig(**_common_trainer_kwargs(output_dir, args, args.reward_model_steps, 1e-3), max_length=32)
-    trainer = trl.RewardTrainer(
-        model=sft_dir,
-        args=config,
-        train_dataset=task.make_preference_dataset(4096, seed=args.seed),
-        eval_dataset=task.make_preference_dataset(256, seed=20_000 + args.seed),
-    )
-    _with_phase_bar(trainer, "reward model").train()
-    accuracy = trainer.evaluate()["eval_accuracy"]
-    trainer.save_model(str(output_dir))
-    return output_dir, accuracy

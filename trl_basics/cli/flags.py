@@ -11,7 +11,6 @@ is built and answers the same questions, only slower.
 from __future__ import annotations
 
 import argparse
-import difflib
 import gzip
 import hashlib
 import json
@@ -21,6 +20,10 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
+from ..algorithms import ALGORITHMS
+from .errors import UsageError, did_you_mean
+from .parser import make_parser
+
 MANIFEST_PATH = Path(__file__).with_name("flags.json.gz")
 HELP_COLUMNS = "100"  # the help text is stored at this width
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -28,23 +31,14 @@ BOOL_STRINGS = {"yes": True, "true": True, "t": True, "y": True, "1": True, "no"
 BOOL_STRINGS |= {"n": False, "0": False}
 
 
-class UsageError(ValueError):
-    """Bad input from the user: the message names the problem and the fix; the command exits with code 2."""
-
-
-def did_you_mean(word: str, choices, prefix: str = "") -> str:
-    """`` Did you mean X?`` for the closest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" Did you mean {prefix}{close[0]}?" if close else ""
-
-
 # --- the stored manifest ---------------------------------------------------------------------------------------------
 
 
 def fingerprint() -> dict:
-    """What the stored flags depend on: TRL's and transformers' versions and trl_basics' config sources."""
+    """What the stored flags depend on: TRL's and transformers' versions, trl_basics' config sources, the parser and
+    the algorithm table."""
     sources = sorted(p for p in _PACKAGE.rglob("*config*.py") if "__pycache__" not in p.parts)
-    sources += [_PACKAGE / "cli" / "train.py", _PACKAGE / "cli" / "algorithms.py"]
+    sources += [_PACKAGE / "cli" / "parser.py", _PACKAGE / "algorithms.py"]
     digest = hashlib.sha256()
     for path in sources:
         digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
@@ -91,9 +85,6 @@ def describe_parser(parser: argparse.ArgumentParser) -> dict:
 
 def build_manifest() -> dict:
     """The manifest from the real parsers (slow: imports TRL and the config classes)."""
-    from .algorithms import ALGORITHMS
-    from .train import make_parser
-
     return {
         "fingerprint": fingerprint(),
         "algorithms": {name: describe_parser(make_parser(name, machine=False)) for name in ALGORITHMS},
@@ -118,8 +109,6 @@ def algorithm_flags(algorithm: str) -> dict:
     manifest = stored_manifest()
     if manifest is not None and algorithm in manifest["algorithms"]:
         return manifest["algorithms"][algorithm]
-    from .train import make_parser
-
     return describe_parser(make_parser(algorithm))  # slow, but the same answers
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .flags import UsageError, did_you_mean
+from .errors import UsageError, did_you_mean
 
 KIT_PREFIX = "kit:"
 KIT_TASKS = ("target_letter", "token_kind", "exact_length")  # checked against kit.tasks.TASKS by a test

@@ -14,12 +14,10 @@ import signal
 import sys
 import tempfile
 from collections.abc import Collection
-from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
-from .algorithms import get_algorithm
-from .flags import UsageError, check_train_args
+from .errors import UsageError, lookup_algorithm
+from .flags import check_train_args
 from .loading import (
     KIT_PREFIX,
     check_dataset_source,
@@ -34,86 +32,17 @@ from .loading import (
     resolve_model,
     reward_sources,
 )
+from .parser import make_parser, script_arguments_class
 
 SMOKE_ENV = "TRL_BASICS_SMOKE"
 SMOKE_MAX_STEPS = 2
 RESUME_LATEST = ("latest", "true")
 
 
-@cache
-def script_arguments_class() -> type:
-    from trl import DatasetMixtureConfig
-
-    @dataclass
-    class TrainScriptArguments(DatasetMixtureConfig):
-        """What to train on (TRL's dataset flags, and TRL's ``datasets:`` mixtures in a YAML file), and the rewards.
-
-        Model options come from TRL's ``ModelConfig``, training options from the algorithm's config."""
-
-        dataset_name: str = field(
-            default="kit:token_kind",
-            metadata={
-                "help": "Prompts: 'kit:<task>' (built-in synthetic task with its own verifiable reward), a local "
-                ".jsonl/.json/.parquet/.csv file or saved dataset folder with a 'prompt' column, or a name for "
-                "datasets.load_dataset. Ignored when a YAML file lists `datasets:` (a mixture, as in TRL)."
-            },
-        )
-        dataset_config: str | None = field(
-            default=None, metadata={"help": "Configuration name of a named data set (`name` of load_dataset)."}
-        )
-        dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-        dataset_test_split: str = field(
-            default="test", metadata={"help": "Split to evaluate on when --eval_strategy is not 'no'."}
-        )
-        num_prompts: int = field(default=4096, metadata={"help": "Prompts to generate for a kit:<task> data set."})
-        reward_model_name_or_path: str | None = field(
-            default=None, metadata={"help": "A saved sequence-classification reward model (folder or model id)."}
-        )
-        reward_funcs: list[str] | None = field(
-            default=None,
-            metadata={
-                "help": "Reward functions: TRL's by name (accuracy_reward, reasoning_accuracy_reward, "
-                "think_format_reward, get_soft_overlong_punishment) or 'package.module:function' (installed, on "
-                "PYTHONPATH, or in the working directory; file paths are refused; nothing is eval'd)."
-            },
-        )
-
-    return TrainScriptArguments
-
-
 def __getattr__(name: str):
     if name == "TrainScriptArguments":
         return script_arguments_class()
     raise AttributeError(name)
-
-
-def make_parser(algorithm_name: str, prog: str | None = None, machine: bool = True):
-    from trl import ModelConfig, TrlParser
-
-    algorithm = get_algorithm(algorithm_name)
-    parser = TrlParser(
-        (script_arguments_class(), algorithm.config_class(), ModelConfig),
-        prog=prog or f"trl-basics train {algorithm_name}",
-        description=algorithm.summary
-        + " Without a GPU, use_cpu defaults to true and bf16 to false. --resume_from_checkpoint latest (or true) "
-        "resumes from the newest complete checkpoint in --output_dir.",
-        allow_abbrev=False,
-    )
-    parser.set_defaults(
-        output_dir=f"trl-basics-output/{algorithm_name}",
-        **(machine_defaults() if machine else {}),
-        **algorithm.defaults,
-    )
-    return parser
-
-
-def machine_defaults() -> dict:
-    """Without a GPU, default to the CPU in full precision (TRL's bf16 default fails there)."""
-    import torch
-
-    if torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()):
-        return {}
-    return {"use_cpu": True, "bf16": False}
 
 
 def say(message: str) -> None:
@@ -290,7 +219,7 @@ def build_trainer(algorithm_name: str, script_args, config, model_args, callback
     """The trainer for ``algorithm_name``, exactly as a TRL script would build it (call `check_inputs` first)."""
     from trl import get_peft_config
 
-    algorithm = get_algorithm(algorithm_name)
+    algorithm = lookup_algorithm(algorithm_name)
     rewards = reward_sources(
         script_args.reward_model_name_or_path,
         script_args.reward_funcs,
@@ -325,7 +254,7 @@ def _stop_on_sigterm():
 
 def run(algorithm_name: str, argv: list[str]) -> int:
     prog = f"trl-basics train {algorithm_name}"
-    get_algorithm(algorithm_name)
+    lookup_algorithm(algorithm_name)
     explicit = check_train_args(algorithm_name, argv, prog)  # fast: no torch yet
     precheck(algorithm_name, explicit)
     from transformers import TrainerCallback
