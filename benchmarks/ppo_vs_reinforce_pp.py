@@ -99,7 +99,7 @@ def worker(args: argparse.Namespace) -> None:
         held = count(trainer.model) + (count(trainer.ref_model) if trainer.ref_model is not None else 0)
         trained = count(trainer.model, trainable=True)
         if args.trainer == "ppo_max":
-            critic = trainer.accelerator.unwrap_model(trainer.critic)
+            critic = trainer.critic.model
             held += count(critic)
             trained += count(critic, trainable=True)
         result = {

@@ -35,12 +35,14 @@ from common import MODELS, TRAINERS, build_trainer, common_kwargs
 # Functions of trl_basics that run model passes themselves: model work, reported apart from the overhead. The value
 # is what the pass is; the key's inclusive time is the pass's cost.
 MODEL_PASSES = {
-    "_sampling_logprobs": "no-grad forward of the sampling policy (KL in the reward; on-policy GRPO skips it)",
-    "_old_values": "critic: no-grad forward for V_old",
+    "sampling_logprobs": "no-grad forward of the sampling policy (KL in the reward; on-policy GRPO skips it)",
+    "Critic.values": "critic: no-grad forward for V_old",
     "_critic_update": "critic: forward + backward of the clipped value loss, AdamW step",
 }
 # trl_basics functions inside those passes (their attributed time is the passes' model work, not overhead).
-MODEL_PASS_FUNCTIONS = {*MODEL_PASSES, "critic_values", "clipped_value_loss", "_critic_optimizer_step"}
+MODEL_PASS_FUNCTIONS = {"sampling_logprobs", "_critic_update", "critic_values", "clipped_value_loss", "_optimizer_step"}
+# A pass named Class.method is the method of that name in the module defining the class (``ppo_max/critic.py``).
+PASS_MODULES = {"Critic": "/ppo_max/critic.py"}
 
 
 def _is_ours(filename: str) -> bool:
@@ -154,7 +156,13 @@ def _name(where: str) -> str:
 
 
 def inclusive(stats: pstats.Stats, name: str) -> float:
-    return sum(v[3] for func, v in stats.stats.items() if func[2] == name and _is_ours(func[0]))
+    owner, _, name = name.rpartition(".")
+    module = PASS_MODULES.get(owner, "")
+    return sum(
+        v[3]
+        for func, v in stats.stats.items()
+        if func[2] == name and _is_ours(func[0]) and func[0].replace(os.sep, "/").endswith(module or func[0])
+    )
 
 
 def profile_trainer(name: str, args: argparse.Namespace, model_dir: str) -> None:

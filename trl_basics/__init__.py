@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs (the names of __all__); at run t
     from .ppo_max import CollapseAlarmCallback, PPOMaxConfig, PPOMaxTrainer  # noqa: F401
     from .reinforce_pp import ReinforcePlusPlusConfig, ReinforcePlusPlusTrainer  # noqa: F401
     from .rloo import ReinforceWithBaselineConfig, ReinforceWithBaselineTrainer, RLOOConfig, RLOOTrainer  # noqa: F401
-    from .types import AdvantageEstimator, LossInputs, Rollout, Stage, Trick, TrickContext  # noqa: F401
+    from .types import AdvantageEstimator, LossInputs, Requirements, Rollout, Stage, Trick, TrickContext  # noqa: F401
 
 # name -> module; imported on first use, so that `trl-basics --help` needs no torch. The trainer and config classes
 # come from the algorithm table (`trl_basics.algorithms`).
@@ -32,6 +32,7 @@ _EXPORTS = {
     "CollapseAlarmCallback": "trl_basics.ppo_max",
     "AdvantageEstimator": "trl_basics.types",
     "LossInputs": "trl_basics.types",
+    "Requirements": "trl_basics.types",
     "Rollout": "trl_basics.types",
     "Stage": "trl_basics.types",
     "Trick": "trl_basics.types",

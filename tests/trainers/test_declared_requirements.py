@@ -11,6 +11,7 @@ from trl_basics import (
     ReinforcePlusPlusConfig,
     ReinforcePlusPlusTrainer,
     RLOOConfig,
+    Requirements,
     RLOOTrainer,
     Stage,
     Trick,
@@ -18,7 +19,6 @@ from trl_basics import (
     hookimpl,
 )
 from trl_basics.functional import kl_k2, kl_loss
-from trl_basics.types import Requirements
 
 from .conftest import cpu_kwargs
 
