@@ -148,7 +148,8 @@ def build_trainer(name: str, common: dict, model_dir: str, dataset, reward_func,
 
 def parameter_counts(trainer) -> tuple[int, int]:
     """Parameters held (policy, reference, critic) and trained (policy, critic)."""
-    trained = [m for m in (trainer.model, getattr(trainer, "critic", None)) if m is not None]
+    critic = getattr(trainer, "critic", None)
+    trained = [trainer.model, *([critic.model] if critic is not None else [])]
     held = [*trained, *([trainer.ref_model] if getattr(trainer, "ref_model", None) is not None else [])]
 
     def count(models: list, only_trainable: bool) -> int:

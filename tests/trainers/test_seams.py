@@ -76,3 +76,29 @@ def test_train_signature_and_no_train_override_in_trl():
     ]  # fmt: skip
     for parent in (trl.RLOOTrainer, trl.GRPOTrainer):
         assert parent.train is transformers.Trainer.train
+
+
+@pytest.mark.parametrize("parent", [trl.RLOOTrainer, trl.GRPOTrainer], ids=lambda c: c.__name__)
+def test_private_attributes_the_seam_module_reads_are_where_it_expects(parent):
+    """``seams.py`` reads ``_metrics[mode]``, ``_step``, ``_tokenizer``, ``_get_learning_rate()`` and
+    ``_get_output_dir(trial=...)``; each must still be set up the same way."""
+    import transformers
+
+    source = inspect.getsource(inspect.getmodule(parent))
+    assert "self._metrics = {" in source and '"train": defaultdict(list)' in source
+    assert "self._tokenizer = processing_class" in source
+    trainer_source = inspect.getsource(transformers.Trainer)
+    assert "self._step" in source or "self._step" in trainer_source
+    assert list(inspect.signature(transformers.Trainer._get_output_dir).parameters) == ["self", "trial"]
+    assert list(inspect.signature(transformers.Trainer._get_learning_rate).parameters) == ["self"]
+    assert "beta != 0.0" in inspect.getsource(parent._generate_and_score_completions)
+
+
+def test_rloo_scores_a_round_with_the_sampling_pass_before_the_reference_pass():
+    """``seams.rloo_generation_passes`` takes TRL RLOO's first log-prob pass as π_old and the second (made only when
+    ``beta != 0``) as π_ref."""
+    source = inspect.getsource(trl.RLOOTrainer._generate_and_score_completions)
+    old = source.index("old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(")
+    ref = source.index("ref_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(")
+    assert old < ref
+    assert source.count("self._get_per_token_logps_and_entropies(") == 3  # π_old, π_ref, π_ref via the adapter
