@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from trl_basics import Registry, get_plugin_manager
-from trl_basics.kit.model import save_tiny_model
+from trl_basics.kit.model import save_tiny_model, save_tiny_reward_model
 from trl_basics.kit.tasks import get_task
 
 # The test models are tiny: one intra-op thread is several times faster than two fighting over small matmuls, and
@@ -35,3 +35,9 @@ def task():
 @pytest.fixture(scope="session")
 def dataset(task):
     return task.make_dataset(64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def reward_model_dir(tmp_path_factory):
+    """A saved tiny reward model (PPO-max initialises its critic from it)."""
+    return str(save_tiny_reward_model(tmp_path_factory.mktemp("ppo-max-reward-model"), seed=1))

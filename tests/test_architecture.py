@@ -53,7 +53,14 @@ PARENT_PRIVATE = _parent_private_names() - MODEL_CARD
 
 def test_the_parent_private_names_were_found():
     # The scan below is only as good as this list: it must hold the names the seam module relies on.
-    assert {"_compute_loss", "_metrics", "_step", "_tokenizer", "_get_output_dir", "_save_checkpoint"} <= PARENT_PRIVATE
+    assert {
+        "_compute_loss",
+        "_metrics",
+        "_step",
+        "_tokenizer",
+        "_get_output_dir",
+        "_save_checkpoint",
+    } <= PARENT_PRIVATE
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -125,3 +132,12 @@ def test_no_module_outside_the_tricks_config_and_plugin_core_names_a_trick(path)
     # key that equals a flag's name ("reward_clip": 0.3) is a setting, not a trick lookup.
     named = [name for name in _builtin_trick_names() if re.search(rf"[\"'/]{name}[\"'/](?!\s*:)", text)]
     assert not named, f"{relative} names the trick(s) {named}"
+
+
+def test_no_two_test_files_share_a_name():
+    tests = pathlib.Path(__file__).parent
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("*.py"):
+        if path.name not in ("__init__.py", "conftest.py"):
+            names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert not {name: paths for name, paths in names.items() if len(paths) > 1}

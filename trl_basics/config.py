@@ -7,8 +7,8 @@ and is validated when the config is created. With every flag at its default, no 
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,9 +147,7 @@ class TrickArguments:
         default=None,
         metadata={"help": "Target KL of the adaptive KL controller (Ziegler et al. 2019). None keeps kl_coef fixed."},
     )
-    kl_horizon: int = field(
-        default=10000, metadata={"help": "Horizon (in samples) of the adaptive KL controller."}
-    )
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon (in samples) of the adaptive KL controller."})
     kl_clamp: float | None = field(
         default=None,
         metadata={
@@ -239,7 +237,7 @@ class TrickArguments:
                 self.trick_kwargs = json.loads(self.trick_kwargs) if self.trick_kwargs.strip() else None
             except json.JSONDecodeError as err:
                 raise ValueError(
-                    f"trick_kwargs must be a JSON object like '{{\"length_penalty\": {{\"coef\": 0.01}}}}', "
+                    f'trick_kwargs must be a JSON object like \'{{"length_penalty": {{"coef": 0.01}}}}\', '
                     f"got {self.trick_kwargs!r} ({err})"
                 ) from None
         self.tricks = list(self.tricks or [])
@@ -318,8 +316,11 @@ def validate_trick_arguments(args: Any, registry: Any = None) -> None:
         )
     if args.kl_target is not None and args.kl_coef is None:
         _refuse("kl_target is set but kl_coef is None", "Set kl_coef to the initial coefficient of the adaptive KL")
-    if args.kl_placement == "loss" and args.kl_estimator == "k1" and args.kl_coef is not None and not getattr(
-        args, "use_bias_correction_kl", False
+    if (
+        args.kl_placement == "loss"
+        and args.kl_estimator == "k1"
+        and args.kl_coef is not None
+        and not getattr(args, "use_bias_correction_kl", False)
     ):
         _refuse(
             "kl_estimator='k1' with kl_placement='loss': the gradient of k1 as a loss ignores the reference model",

@@ -100,6 +100,7 @@ class GuardedRewardFunction:
             return float(value)
         except OverflowError:  # an int too large for a float is inf in float32 as well
             return math.inf
+
     def pop_counts(self) -> tuple[int, int]:
         counts = (self.nonfinite, self.unscored)
         self.nonfinite = self.unscored = 0
@@ -172,10 +173,15 @@ class NonFiniteGradientGuard(TrainerCallback):
         return control
 
 
-def check_prompt_lengths(dataset, processing_class, max_positions: int | None, max_completion_length: int | None) -> None:
+def check_prompt_lengths(
+    dataset, processing_class, max_positions: int | None, max_completion_length: int | None
+) -> None:
     """Refuse prompts that cannot fit the model's context together with ``max_completion_length`` new tokens."""
-    if max_positions is None or dataset is None or not hasattr(dataset, "__len__") or "prompt" not in getattr(
-        dataset, "column_names", ()
+    if (
+        max_positions is None
+        or dataset is None
+        or not hasattr(dataset, "__len__")
+        or "prompt" not in getattr(dataset, "column_names", ())
     ):
         return
     from trl.data_utils import maybe_apply_chat_template
@@ -206,7 +212,9 @@ def check_reward_sources(reward_funcs: Any) -> None:
         if not isinstance(source, (str, os.PathLike)):
             continue
         path = os.fspath(source)
-        looks_local = path.startswith(("/", "./", "../", "~")) or os.sep in path and os.path.exists(path.split(os.sep)[0])
+        looks_local = (
+            path.startswith(("/", "./", "../", "~")) or os.sep in path and os.path.exists(path.split(os.sep)[0])
+        )
         if os.path.isdir(path):
             if not os.path.exists(os.path.join(path, "config.json")):
                 raise ValueError(

@@ -219,6 +219,3 @@ def describe(registry: Registry) -> list[tuple[str, str, str]]:
     rows += [("advantage_estimator", name, _origin(cls)) for name, cls in registry.advantage_estimators.items()]
     rows += [("kl_estimator", name, _origin(fn)) for name, fn in registry.kl_estimators.items()]
     return sorted(rows)
-
-
-

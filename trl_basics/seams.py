@@ -1,5 +1,5 @@
 """Every place where trl_basics touches TRL's or transformers' private API. Checked against TRL 1.16.0 and
-transformers 5.x (``tests/trainers/test_seams.py`` pins each signature and the call order relied on).
+transformers 5.x (``tests/test_seams.py`` pins each signature and the call order relied on).
 
 A TRL upgrade is a change to this module and its pinned tests, nothing else. The trainers build on it through the
 hooks below, which this module calls and which carry no leading underscore.
@@ -298,7 +298,10 @@ class TRLSeams:
         input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
         attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
         forward = {key: out[key] for key in FORWARD_KEYS if key in out}
-        model, context = self.model, disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+        model, context = (
+            self.model,
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+        )
         if reference:
             if self.ref_model is not None:
                 model, context = self.ref_model, nullcontext()

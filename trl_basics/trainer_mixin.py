@@ -142,7 +142,9 @@ class TrickTrainerMixin(TRLSeams):
         return self.trick_pipeline.requirements
 
     def trick_context(self) -> TrickContext:
-        return TrickContext.from_accelerator(self.accelerator, global_step=self.state.global_step, log=self.metric_log())
+        return TrickContext.from_accelerator(
+            self.accelerator, global_step=self.state.global_step, log=self.metric_log()
+        )
 
     # --- rewards ------------------------------------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cpu_kwargs
 from safetensors.torch import load_file
-from trainer_helpers import cpu_kwargs
 from transformers import TrainerCallback
 
 import trl_basics as tb

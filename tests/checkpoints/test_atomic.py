@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trl_basics import seams
-
 import trl_basics as tb
-from trl_basics import checkpoints
+from trl_basics import checkpoints, seams
 from trl_basics.checkpoints import atomic
 from trl_basics.checkpoints.atomic import is_temp
 

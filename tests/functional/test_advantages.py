@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import GARBAGE, append_garbage, fill_masked, random_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,8 +21,6 @@ from trl_basics.functional import (
     outcome_token_rewards,
     rloo_advantages,
 )
-
-from ._helpers import GARBAGE, append_garbage, fill_masked, random_batch
 
 NAN = float("nan")
 FAST = settings(max_examples=50, deadline=None)

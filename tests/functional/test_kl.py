@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import GARBAGE, append_garbage, fill_masked, random_batch, run_in_lockstep, split_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,8 +20,6 @@ from trl_basics.functional import (
     kl_sequence_penalty,
     kl_token_penalty,
 )
-
-from ._helpers import GARBAGE, append_garbage, fill_masked, random_batch, run_in_lockstep, split_rows
 
 LN2 = math.log(2.0)
 FAST = settings(max_examples=50, deadline=None)

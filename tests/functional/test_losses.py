@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from helpers import GARBAGE, append_garbage, fill_masked, random_batch, run_in_lockstep, split_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trl_basics.functional import clipped_policy_loss, clipped_value_loss, sequence_clipped_policy_loss
-
-from ._helpers import GARBAGE, append_garbage, fill_masked, random_batch, run_in_lockstep, split_rows
 
 FAST = settings(max_examples=50, deadline=None)
 

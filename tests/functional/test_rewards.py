@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import random_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +18,6 @@ from trl_basics.functional import (
     outcome_token_rewards,
     scale_rewards,
 )
-
-from ._helpers import random_batch
 
 NAN = float("nan")
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import GARBAGE, append_garbage, fill_masked, random_batch, run_in_lockstep, split_rows
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +19,6 @@ from trl_basics.functional import (
     masked_sum,
     masked_whiten,
 )
-
-from ._helpers import GARBAGE, append_garbage, fill_masked, random_batch, run_in_lockstep, split_rows
 
 NAN = float("nan")
 FAST = settings(max_examples=50, deadline=None)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import cpu_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,6 @@ from trl_basics.tricks.estimators import GroupMeanEstimator, token_level_estimat
 from trl_basics.tricks.kl import KLShaping
 from trl_basics.types import AdvantageEstimator, Rollout, TrickContext
 
-from .conftest import cpu_kwargs
 from .reference import openrlhf_advantages, verl_reinforce_pp_baseline
 
 # The repro: 2 prompts × 2 samples, lengths [1, 3, 2, 2], rewards [1, 0, 1, 1]. Group-mean advantages

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 import trl
+from helpers import logged
+from helpers import ppo_max_cpu_kwargs as cpu_kwargs
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
 from trl_basics import PPOMaxConfig, PPOMaxTrainer
 from trl_basics.functional import clip_rewards, gae_advantages, kl_k1, normalize_rewards, outcome_token_rewards
 from trl_basics.ppo_max import CODE_SETTINGS, PAPER_SETTINGS, critic_values
-
-from .conftest import cpu_kwargs, logged
 
 
 def make(config, model_dir, task, dataset, **kwargs):

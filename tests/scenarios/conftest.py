@@ -4,7 +4,6 @@ import gc
 
 import pytest
 import torch
-from trainer_helpers import cpu_kwargs, logged
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -17,8 +16,6 @@ from transformers import (
 
 from trl_basics.kit.model import tiny_llama_config
 from trl_basics.kit.tokenizer import build_tokenizer
-
-__all__ = ["cpu_kwargs", "logged"]
 
 
 @pytest.fixture(scope="module", autouse=True)

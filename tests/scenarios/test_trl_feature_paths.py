@@ -27,6 +27,7 @@ import math
 
 import pytest
 import torch
+from helpers import cpu_kwargs, logged
 
 from trl_basics import (
     PPOMaxConfig,
@@ -38,8 +39,6 @@ from trl_basics import (
     RLOOConfig,
     RLOOTrainer,
 )
-
-from .conftest import cpu_kwargs, logged
 
 # trainer id -> (trainer class, config class, fixed config fields)
 TRAINERS = {

@@ -20,8 +20,6 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
-from typing import Any
 
 from . import atomic
 from .atomic import fsync_directory, fsync_tree, is_temp, write_json

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .stats import masked_mean
 from ._utils import ReduceFn, accumulation_dtype, all_reduce_sum, as_bool_mask, float_dtype, work_dtype
+from .stats import masked_mean
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -106,6 +106,7 @@ def kl_k3_plus(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 KL_ESTIMATORS: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = types.MappingProxyType(
     {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3, "k3_plus": kl_k3_plus}
 )
+
 
 def kl_estimate(
     logprobs: Tensor,

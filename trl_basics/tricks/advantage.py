@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ class AdvantageWhitening(Trick):
     name = "advantage_whiten"
     stage = Stage.ADVANTAGE_TRANSFORM
     flag = "whiten_advantages"
-    off_flags = {"whiten_advantages": False, "whiten_advantages_center_only": False}
+    off_flags = MappingProxyType({"whiten_advantages": False, "whiten_advantages_center_only": False})
     order = 10
     summary = (
         "Whiten advantages with mean and std over all active tokens (token-level advantages) or completions "
@@ -66,7 +67,7 @@ class AdvantageClipping(Trick):
     name = "advantage_clip"
     stage = Stage.ADVANTAGE_TRANSFORM
     flag = "advantage_clip"
-    off_flags = {"advantage_clip": None}
+    off_flags = MappingProxyType({"advantage_clip": None})
     order = 20
     summary = "Clip advantages to [-c, c]."
     source = "Zheng et al. 2023, Secrets of RLHF Part I, §5.3 Eq. 19"

@@ -9,6 +9,7 @@ One trick covers every KL option, so the place where KL acts is a single visible
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ class KLShaping(Trick):
     name = "kl_shaping"
     stage = Stage.KL
     flag = "kl_coef"
-    off_flags = {"kl_coef": None, "kl_target": None}
+    off_flags = MappingProxyType({"kl_coef": None, "kl_target": None})
     order = 10
     summary = (
         "KL penalty to the reference policy: estimator k1/k2/k3/k3_plus, in the token reward, sequence reward or "

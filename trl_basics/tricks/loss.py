@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 from torch import Tensor
@@ -17,7 +18,7 @@ class EntropyBonus(Trick):
     name = "entropy_bonus"
     stage = Stage.LOSS
     flag = "entropy_bonus_coef"
-    off_flags = {"entropy_bonus_coef": 0.0, "entropy_bonus_target": None}
+    off_flags = MappingProxyType({"entropy_bonus_coef": 0.0, "entropy_bonus_target": None})
     order = 10
     summary = "Reward policy entropy (or hold it near a target) through an extra loss term."
     source = "Mnih et al. 2016; Zheng et al. 2023, Secrets of RLHF Part I, App. B.3 (target form)"

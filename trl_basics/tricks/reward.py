@@ -6,6 +6,7 @@ are global and every process ends a step with the same running state without any
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ class RewardNormalization(Trick):
     name = "reward_norm"
     stage = Stage.REWARD
     flag = "reward_norm"
-    off_flags = {"reward_norm": "none"}
+    off_flags = MappingProxyType({"reward_norm": "none"})
     order = 10
     summary = "Normalize rewards to zero mean, unit variance: over the batch, or with running moments."
     source = "Zheng et al. 2023, Secrets of RLHF Part I, §5.3 (PPO-max)"
@@ -64,7 +65,7 @@ class RewardScaling(Trick):
     name = "reward_scale"
     stage = Stage.REWARD
     flag = "reward_scale"
-    off_flags = {"reward_scale": False}
+    off_flags = MappingProxyType({"reward_scale": False})
     order = 20
     summary = "Divide rewards by the running standard deviation of all rewards seen so far."
     source = "Zheng et al. 2023, Secrets of RLHF Part I, §5.3; Engstrom et al. 2020"
@@ -95,7 +96,7 @@ class RewardClipping(Trick):
     name = "reward_clip"
     stage = Stage.REWARD
     flag = "reward_clip"
-    off_flags = {"reward_clip": None}
+    off_flags = MappingProxyType({"reward_clip": None})
     order = 30
     summary = "Clip rewards to [-δ, δ]."
     source = "Zheng et al. 2023, Secrets of RLHF Part I, §5.3 Eq. 18"

@@ -6,7 +6,7 @@ them in "source"):
 - ``demo_rloo_lr3e-3_seed0``: a real collapse. The RLOO run of ``trl-basics demo --seed 0`` at the old learning
   rate 3e-3: the reward model's reward fell from ≈2.5 to 0.11 on the last step (60), the entropy rose from ≈2.0
   to 3.13 and the final policy solved 42% of the task (100% the step before).
-- ``healthy_*``: the runs of tests/trainers/test_learning.py and tests/ppo_max/test_learning.py (same settings,
+- ``healthy_*``: the runs of tests/learning/test_critic_free.py and tests/learning/test_ppo_max_learning.py (same settings,
   seed 0), all of which learn the task.
 - ``demo_healthy_*``: RLOO, PPO-max and GRPO runs of ``trl-basics demo`` (seeds 0 and 1) at its learning rate 1.5e-3,
   against the learned reward model, whose score is noisier than the task reward; every one ends above the SFT model.

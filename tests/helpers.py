@@ -1,4 +1,5 @@
-"""Shared helpers for the functional tests: simulated multi-process all-reduce and random masked batches."""
+"""Helpers shared by the tests: CPU trainer settings, logged metrics, simulated multi-process all-reduce and random
+masked batches."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from trl_basics import Rollout, TrickContext, TrickPipeline
 
 GARBAGE = (float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 123.0)
 
@@ -83,3 +86,55 @@ def append_garbage(x: Tensor, mask: Tensor, pad: int, garbage: float) -> tuple[T
     x_pad = torch.cat([x, torch.full((*x.shape[:-1], pad), garbage, dtype=x.dtype)], dim=-1)
     mask_pad = torch.cat([mask, torch.zeros((*mask.shape[:-1], pad), dtype=mask.dtype)], dim=-1)
     return x_pad, mask_pad
+
+
+def cpu_kwargs(output_dir, **overrides):
+    """A few fast CPU steps: fp32, no checkpointing, no logging backends, nothing saved unless asked."""
+    kwargs = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        learning_rate=3e-3,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=4,
+        max_steps=2,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def logged(trainer, name):
+    """Every logged value of a metric, in step order."""
+    return [entry[name] for entry in trainer.state.log_history if name in entry]
+
+
+def ppo_max_cpu_kwargs(output_dir, **overrides):
+    """The trainer tests' CPU settings, with PPO-max's: one sample per prompt, a critic as fast as the policy."""
+    return cpu_kwargs(output_dir, **{"critic_learning_rate": 3e-3, "num_generations": 1, **overrides})
+
+
+# --- the trick pipeline on hand-made rollouts -------------------------------------------------------------------------
+
+
+def run_pipeline(args, rollout, registry, ctx=None, default_estimator=None):
+    pipeline = TrickPipeline.from_args(args, registry, default_estimator=default_estimator)
+    return pipeline, pipeline.process(rollout, ctx or TrickContext())
+
+
+def one_token_rollout(rewards, log_ratio, num_generations=2):
+    """A rollout whose completions are one token long, with log π - log π_ref = log_ratio per completion."""
+    n = len(rewards)
+    return Rollout(
+        rewards=torch.tensor(rewards, dtype=torch.float64),
+        num_generations=num_generations,
+        completion_mask=torch.ones(n, 1),
+        logprobs=torch.tensor(log_ratio, dtype=torch.float64).unsqueeze(1),
+        ref_logprobs=torch.zeros(n, 1, dtype=torch.float64),
+    )

@@ -11,11 +11,10 @@ rounds (measured with seeds 0-3: value loss 0.054-0.064 → 0.005-0.006, explain
 """
 
 import pytest
+from helpers import logged
 
 from trl_basics import PPOMaxConfig, PPOMaxTrainer
 from trl_basics.kit.recipes import recommended_rl_kwargs
-
-from .conftest import logged
 
 STEPS, WINDOW = 100, 10
 

@@ -8,7 +8,7 @@ import pytest
 
 from trl_basics import TrickArguments, hookspecs
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def hookspec_functions():

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from trainer_helpers import cpu_kwargs
+from helpers import cpu_kwargs
 
 from trl_basics import (
     LossInputs,

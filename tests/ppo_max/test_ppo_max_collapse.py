@@ -4,11 +4,10 @@ rising; Zheng et al. 2023 §5.2, Fig. 4) and on nothing less."""
 import logging
 
 import pytest
+from helpers import ppo_max_cpu_kwargs as cpu_kwargs
 from transformers import TrainerControl, TrainerState
 
 from trl_basics import CollapseAlarmCallback, PPOMaxConfig, PPOMaxTrainer
-
-from .conftest import cpu_kwargs
 
 KL = "tricks/kl_shaping/k1_sequence_mean"
 CAP = 64

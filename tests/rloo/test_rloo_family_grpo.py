@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 import trl
+from helpers import cpu_kwargs, logged
 
 import trl_basics.kit.model
 from trl_basics import (
@@ -19,8 +20,6 @@ from trl_basics import (
     RLOOTrainer,
 )
 from trl_basics.seams import FORWARD_KEYS
-
-from .conftest import cpu_kwargs, logged
 
 # Plain SGD: the update is lr·gradient, so a gradient that differs by any factor shows (Adam's first step would
 # normalise a constant factor away).

@@ -4,7 +4,7 @@ import json
 
 import pytest
 from datasets import Dataset, load_dataset
-from trainer_helpers import cpu_kwargs
+from helpers import cpu_kwargs
 
 from trl_basics import ReinforcePlusPlusConfig, ReinforcePlusPlusTrainer, RLOOConfig, RLOOTrainer
 from trl_basics.guards import check_dataset

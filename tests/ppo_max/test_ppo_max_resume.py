@@ -10,10 +10,9 @@ import json
 
 import pytest
 import torch
+from helpers import ppo_max_cpu_kwargs as cpu_kwargs
 
 from trl_basics import PPOMaxConfig, PPOMaxTrainer
-
-from .conftest import cpu_kwargs
 
 TEXTS = [f"say : {word} {word}" for word in "abcdefghij"]
 

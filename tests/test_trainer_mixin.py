@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import cpu_kwargs
 
 from trl_basics import (
     ReinforcePlusPlusConfig,
     ReinforcePlusPlusTrainer,
-    RLOOConfig,
     Requirements,
+    RLOOConfig,
     RLOOTrainer,
     Stage,
     Trick,
@@ -19,8 +20,6 @@ from trl_basics import (
     hookimpl,
 )
 from trl_basics.functional import kl_k2, kl_loss
-
-from .conftest import cpu_kwargs
 
 COEF = 0.2
 
@@ -92,7 +91,9 @@ def test_a_third_party_kl_term_gets_what_the_builtin_gets(name, tmp_path, tiny_m
     )
     assert plugin.requirements.loss_reference_logprobs and plugin.requirements.reference_logprobs
     # The same loss terms on the same rollouts: the same training and the same evaluation loss, both with a KL term.
-    for (key, ours), theirs in zip(plugin.model.state_dict().items(), builtin.model.state_dict().values(), strict=True):
+    for (key, ours), theirs in zip(
+        plugin.model.state_dict().items(), builtin.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(ours, theirs, msg=f"parameter {key} differs", rtol=1e-5, atol=1e-6)
     builtin_kl = builtin_metrics["eval_tricks/kl_shaping/loss"]
     plugin_kl = plugin_metrics["eval_tricks/third_party_kl/loss"]

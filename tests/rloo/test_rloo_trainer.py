@@ -4,11 +4,10 @@ import math
 import pytest
 import torch
 import trl
+from helpers import cpu_kwargs, logged
 
 import trl_basics.kit.model
 from trl_basics import ReinforceWithBaselineConfig, ReinforceWithBaselineTrainer, RLOOConfig, RLOOTrainer
-
-from .conftest import cpu_kwargs, logged
 
 
 def train(trainer_cls, config, tiny_model_dir, task, dataset, **kwargs):

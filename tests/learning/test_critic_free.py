@@ -6,11 +6,10 @@ is more than ten standard errors: chance cannot produce it.
 """
 
 import pytest
+from helpers import logged
 
 import trl_basics as tb
 from trl_basics.kit.recipes import recommended_rl_kwargs
-
-from .conftest import logged
 
 STEPS, WINDOW, MARGIN = 50, 5, 0.3
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import cpu_kwargs, logged
 
 from trl_basics import (
     ReinforcePlusPlusConfig,
@@ -12,8 +13,6 @@ from trl_basics import (
     RLOOTrainer,
 )
 from trl_basics.guards import NonFiniteGradientGuard
-
-from .conftest import cpu_kwargs, logged
 
 
 def weights(trainer):

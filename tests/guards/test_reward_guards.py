@@ -11,9 +11,9 @@ import pytest
 import torch
 import trl
 from accelerate import PartialState
+from helpers import cpu_kwargs, logged
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from trainer_helpers import cpu_kwargs, logged
 
 from trl_basics import LossInputs, RLOOConfig, RLOOTrainer, Rollout, TrickArguments, TrickContext, TrickPipeline
 from trl_basics.functional import MovingAverageBaseline, RunningMoments

@@ -4,10 +4,9 @@ import json
 
 import pytest
 import torch
+from helpers import cpu_kwargs
 
 import trl_basics as tb
-
-from .conftest import cpu_kwargs
 
 CASES = {
     # running reward moments + adaptive KL coefficient (token KL) + whitening

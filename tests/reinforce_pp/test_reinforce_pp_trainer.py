@@ -3,11 +3,10 @@ import math
 import pytest
 import torch
 import trl
+from helpers import cpu_kwargs, logged
 
 from trl_basics import ReinforcePlusPlusConfig, ReinforcePlusPlusTrainer
 from trl_basics.functional import discounted_returns, kl_k1, masked_whiten, outcome_token_rewards
-
-from .conftest import cpu_kwargs, logged
 
 
 def make(config, tiny_model_dir, task, dataset):

@@ -1,1 +1,0 @@
-"""Every bad input gets one clear answer: rewards, data and plugins."""

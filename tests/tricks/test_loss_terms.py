@@ -1,0 +1,30 @@
+"""The loss-stage tricks (stage 5): KL in the loss and the entropy bonus, exact values and gradients."""
+
+import pytest
+import torch
+
+from trl_basics import LossInputs, TrickArguments, TrickContext, TrickPipeline
+
+
+def test_loss_stage_sums_kl_and_entropy_terms(registry):
+    args = TrickArguments(kl_coef=0.5, kl_estimator="k2", kl_placement="loss", entropy_bonus_coef=0.1)
+    pipeline = TrickPipeline.from_args(args, registry)
+    logprobs = torch.tensor([[0.2, -0.4, 5.0]], requires_grad=True)
+    inputs = LossInputs(
+        logprobs=logprobs,
+        completion_mask=torch.tensor([[1.0, 1.0, 0.0]]),
+        ref_logprobs=torch.zeros(1, 3),
+        entropies=torch.tensor([[2.0, 1.0, 100.0]]),
+    )
+    loss = pipeline.loss(inputs, TrickContext())
+    # k2 = ½ℓ²: mean(0.02, 0.08) = 0.05, times β 0.5; entropy: -0.1 · mean(2, 1).
+    assert loss.item() == pytest.approx(0.5 * 0.05 - 0.1 * 1.5)
+    loss.backward()
+    # d/dℓ of 0.5 · mean(½ℓ²) = 0.5 · ℓ / 2 on the two active tokens, 0 on the masked one.
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[0.05, -0.1, 0.0]]))
+
+
+def test_entropy_target_form(registry):
+    pipeline = TrickPipeline.from_args(TrickArguments(entropy_bonus_coef=0.01, entropy_bonus_target=3.0), registry)
+    inputs = LossInputs(logprobs=torch.zeros(1, 2), completion_mask=torch.ones(1, 2), entropies=torch.ones(1, 2))
+    assert pipeline.loss(inputs, TrickContext()).item() == pytest.approx(0.01 * 2.0)
