@@ -260,21 +260,31 @@ def guard_reward_tensor(rewards_per_func: torch.Tensor, reward_funcs: Sequence[A
 DATA_CHECK_ROWS = 100_000
 
 
-def check_dataset(dataset: Any, name: str = "train_dataset") -> None:
+def check_dataset(
+    dataset: Any, name: str = "train_dataset", *, environment: bool = False, rollout_func: bool = False
+) -> None:
     """Refuse, before anything is loaded, a dataset that training would fail on (or silently skip) later.
 
     Checks: the dataset is not empty; it has a ``prompt`` column; no prompt is empty or ``None``; every prompt is
     either plain text or a list of chat messages, not a mix of both. Reads at most ``DATA_CHECK_ROWS`` rows.
-    ``eval_dataset`` may be a dict of datasets; each is checked under its own name.
+    ``eval_dataset`` may be a ``DatasetDict``, an ``IterableDatasetDict`` or a plain dict of datasets; each split is
+    checked under its own name. An iterable dataset's rows are only known once training reads them: only its columns
+    are checked.
+
+    What the parent accepts is accepted: with an ``environment_factory`` (``environment``) the environment's
+    ``reset()`` supplies the prompt, so the ``prompt`` column is optional (a routing dataset may carry only an
+    ``environment`` column); with a ``rollout_func`` the prompts go to that function as they are, so only their
+    presence is checked, not their form.
     """
     if dataset is None:
         return
-    if isinstance(dataset, Mapping) and not hasattr(dataset, "column_names"):
+    if isinstance(dataset, Mapping):  # DatasetDict, IterableDatasetDict, dict[str, Dataset | IterableDataset]
         for key, part in dataset.items():
-            check_dataset(part, f"{name}[{key!r}]")
+            check_dataset(part, f"{name}[{key!r}]", environment=environment, rollout_func=rollout_func)
         return
     columns = getattr(dataset, "column_names", None)
-    if columns is not None and "prompt" not in columns:
+    has_prompts = columns is None or "prompt" in columns
+    if not has_prompts and not environment:
         shown = ", ".join(repr(c) for c in columns) or "none"
         raise ValueError(
             f"{name} has no 'prompt' column (its columns: {shown}). Every trainer samples completions for the "
@@ -288,7 +298,7 @@ def check_dataset(dataset: Any, name: str = "train_dataset") -> None:
             f"{name} is empty (0 rows), so there is nothing to train on. Check the file, the split or any "
             "filter applied to it, and pass a dataset with at least one prompt."
         )
-    if columns is None:
+    if columns is None or not has_prompts or rollout_func:
         return
     # Only the prompt column is read (other columns may hold images that would be decoded for nothing).
     source = dataset.select_columns(["prompt"]) if hasattr(dataset, "select_columns") else dataset

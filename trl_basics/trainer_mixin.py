@@ -108,7 +108,7 @@ class TrickTrainerMixin(TRLSeams):
         install_monitors(self)  # the collapse alarm (config field `collapse_alarm`, collapse/* metrics), memory
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         check_prompt_lengths(
-            self.train_dataset,
+            None if getattr(self, "rollout_func", None) is not None else self.train_dataset,  # it tokenizes its own
             self.processing_class,
             getattr(config, "max_position_embeddings", None),
             self.args.max_completion_length,

@@ -15,8 +15,14 @@ def bind_trainer_arguments(parent_init, args: tuple, kwargs: dict) -> dict[str, 
     arguments = dict(bound.arguments)
     arguments.pop(next(iter(arguments)))  # `self`
     check_reward_sources(arguments.get("reward_funcs"))
-    check_dataset(arguments.get("train_dataset"), "train_dataset")  # before any model is loaded
-    check_dataset(arguments.get("eval_dataset"), "eval_dataset")
+    # Before any model is loaded. Where the prompts come from is the parent's to say (GRPO: an environment's
+    # `reset()` or a `rollout_func`; RLOO has neither argument).
+    sources = {
+        "environment": arguments.get("environment_factory") is not None,
+        "rollout_func": arguments.get("rollout_func") is not None,
+    }
+    check_dataset(arguments.get("train_dataset"), "train_dataset", **sources)
+    check_dataset(arguments.get("eval_dataset"), "eval_dataset", **sources)
     return arguments
 
 
