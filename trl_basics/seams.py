@@ -198,14 +198,22 @@ class TRLSeams:
 
         run_dir = self._get_output_dir(trial=trial)
         folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        try:
+            if self.args.should_save:
+                checkpoints.begin_checkpoint(folder)
+            with rotation_deferred(self.args) as save_total_limit:
+                super()._save_checkpoint(model, trial)
+                self.write_checkpoint_files(folder)
+            self.accelerator.wait_for_everyone()  # every process has written its part
+            if self.args.should_save:
+                checkpoints.mark_complete(folder, self.state.global_step)
+        except Exception as err:  # a full disk (or quota) ends the run with what is intact and how to go on
+            cause = checkpoints.disk_full_cause(err)
+            if cause is None:
+                raise
+            step, remove = self.state.global_step, self.args.should_save
+            raise checkpoints.disk_full_error(folder, cause, step, remove=remove) from err
         if self.args.should_save:
-            checkpoints.begin_checkpoint(folder)
-        with rotation_deferred(self.args) as save_total_limit:
-            super()._save_checkpoint(model, trial)
-            self.write_checkpoint_files(folder)
-        self.accelerator.wait_for_everyone()  # every process has written its part
-        if self.args.should_save:
-            checkpoints.mark_complete(folder, self.state.global_step)
             checkpoints.rotate(run_dir, folder, save_total_limit, self.state.best_model_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint):

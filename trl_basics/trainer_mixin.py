@@ -18,7 +18,7 @@ import os
 from typing import Any, ClassVar
 
 import torch
-from accelerate.utils import gather
+from accelerate.utils import gather, gather_object
 
 from . import checkpoints
 from .callbacks import install_monitors
@@ -280,17 +280,40 @@ class TrickTrainerMixin(TRLSeams):
         ``True`` takes the newest *complete* checkpoint of ``output_dir``; a path must be a complete checkpoint of
         this trainer class, saved with the same settings, before anything is loaded.
         """
-        checkpoint = checkpoints.resolve_resume(resume_from_checkpoint, self.args.output_dir)
-        self._trick_state_loaded_from = None
-        if checkpoint is not None:
-            self.load_trick_state(checkpoint)  # first: it names a different trainer class
-            problems = self.checkpoint_problems(checkpoint)
-            if problems:
-                raise checkpoints.CheckpointError(
-                    f"Cannot resume from {checkpoint}: {'; '.join(problems)}. Resume from an older complete "
-                    "checkpoint, or start afresh in a new output_dir."
-                )
-        return super().train(resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
+        lock = self.lock_output_dir()  # before anything is read or written: one run per output_dir
+        try:
+            checkpoint = checkpoints.resolve_resume(resume_from_checkpoint, self.args.output_dir)
+            self._trick_state_loaded_from = None
+            if checkpoint is not None:
+                self.load_trick_state(checkpoint)  # first: it names a different trainer class
+                problems = self.checkpoint_problems(checkpoint)
+                if problems:
+                    raise checkpoints.CheckpointError(
+                        f"Cannot resume from {checkpoint}: {'; '.join(problems)}. Resume from an older complete "
+                        "checkpoint, or start afresh in a new output_dir."
+                    )
+            return super().train(
+                resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+            )
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def lock_output_dir(self) -> checkpoints.RunLock | None:
+        """The saving process locks ``output_dir`` for the run (``checkpoints/lock.py``); all processes hear a no."""
+        lock, refusal = None, None
+        if self.args.should_save:
+            try:
+                lock = checkpoints.RunLock(self.args.output_dir).acquire()
+            except checkpoints.OutputDirInUseError as err:
+                refusal = str(err)
+        if self.accelerator.num_processes > 1:
+            refusal = next((text for text in gather_object([refusal]) if text), None)
+        if refusal is not None:
+            if lock is not None:
+                lock.release()
+            raise checkpoints.OutputDirInUseError(refusal)
+        return lock
 
     def checkpoint_problems(self, checkpoint: str) -> list[str]:
         """What this trainer needs in a checkpoint beyond TRL's files and the trick state (PPO-max: the critic)."""

@@ -6,6 +6,8 @@
   begin and end, rotation once the new checkpoint is complete, and which checkpoint a resume takes.
 - :mod:`~trl_basics.checkpoints.trick_state`: the self-describing trick state file, the settings it records, and
   the reader that refuses a checkpoint that does not fit the run.
+- :mod:`~trl_basics.checkpoints.disk_full`: a save that runs out of space ends with what is intact and what next.
+- :mod:`~trl_basics.checkpoints.lock`: one run per output folder (an ``flock`` the OS drops with the process).
 
 Each module imports only the ones listed before it. The names below are the package's interface.
 """
@@ -24,6 +26,8 @@ from .marker import (
     resolve_resume,
     rotate,
 )
+from .disk_full import DISK_FULL_ERRNOS, DiskFullError, disk_full_cause, disk_full_error
+from .lock import LOCK_FILE, OutputDirInUseError, RunLock, check_output_dir_free
 from .trick_state import (
     MONITOR_SETTINGS,
     OPT_OUT,
@@ -39,6 +43,7 @@ from .trick_state import (
 )
 
 __all__ = [
+    "LOCK_FILE",
     "MARKER_FILE",
     "MARKER_VERSION",
     "MONITOR_SETTINGS",
@@ -48,13 +53,20 @@ __all__ = [
     "TRICK_STATE_KEYS",
     "TRICK_STATE_VERSION",
     "CheckpointError",
+    "DISK_FULL_ERRNOS",
+    "DiskFullError",
+    "OutputDirInUseError",
+    "RunLock",
     "atomic_directory",
     "atomic_write",
     "begin_checkpoint",
     "checkpoint_files",
     "checkpoint_problems",
+    "check_output_dir_free",
     "class_name",
     "find_resumable_checkpoint",
+    "disk_full_cause",
+    "disk_full_error",
     "fsync_directory",
     "fsync_tree",
     "load_error",

@@ -265,6 +265,9 @@ def run(algorithm_name: str, argv: list[str]) -> int:
     script_args, config, model_args = parser.parse_args_and_config(argv)
     apply_smoke(config)
     check_inputs(script_args, config, model_args)
+    from ..checkpoints import OutputDirInUseError, check_output_dir_free
+
+    check_output_dir_free(config.output_dir)  # a live run there: refused before any model loads
 
     class Started(TrainerCallback):
         began = False
@@ -280,8 +283,8 @@ def run(algorithm_name: str, argv: list[str]) -> int:
             algorithm_name, script_args, config, model_args, callbacks=[interrupt, Started()], explicit=explicit
         )
         trainer.train(resume_from_checkpoint=resume_value(config.resume_from_checkpoint))
-    except BaseException:
-        if not Started.began:
+    except BaseException as err:
+        if not Started.began and not isinstance(err, OutputDirInUseError):  # what is there belongs to the live run
             guard.clean()
         raise
     finally:

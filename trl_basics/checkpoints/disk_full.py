@@ -1,0 +1,60 @@
+"""A save that runs out of disk space ends the run with one message: which checkpoint, what is intact, what next.
+
+The half-written checkpoint is removed (it has no completion marker, so a resume would never pick it anyway; if it
+cannot be removed it stays without one). The message names the newest complete checkpoint, the one
+``resume_from_checkpoint=True`` takes, or says there is none.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+from .marker import CheckpointError, find_resumable_checkpoint
+
+# No space left on the device, and a disk quota exceeded: both end a save the same way.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint could not be written for lack of space; the original ``OSError`` is its ``__cause__``."""
+
+
+def disk_full_cause(err: BaseException | None) -> OSError | None:
+    """The ``OSError`` with ``ENOSPC`` or ``EDQUOT`` in ``err`` or in what caused it, else ``None``."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def disk_full_error(folder: str, cause: OSError, step: int, remove: bool = True) -> DiskFullError:
+    """Remove the half-written ``folder`` (when ``remove``) and return the error that says what happened and what
+    to do next."""
+    what = os.strerror(cause.errno) if cause.errno is not None else str(cause)
+    where = f" (writing {cause.filename})" if cause.filename else ""
+    left = ""
+    if remove:
+        shutil.rmtree(folder, ignore_errors=True)
+    if os.path.exists(folder):
+        left = " It has no completion marker, so no resume will pick it; delete it to free its space."
+    else:
+        left = " The incomplete checkpoint was removed."
+    run_dir = os.path.dirname(os.path.normpath(folder))
+    newest = find_resumable_checkpoint(run_dir)
+    if newest is not None:
+        intact = f"The newest complete checkpoint, {newest}, is intact."
+        resume = (
+            "Free space on that disk (or delete files you do not need, or lower save_total_limit), then resume: "
+            "trainer.train(resume_from_checkpoint=True), or the same command with --resume_from_checkpoint latest."
+        )
+    else:
+        intact = f"There is no complete checkpoint in {run_dir} yet, so there is nothing to resume from."
+        resume = "Free space on that disk (or use an output_dir on another disk), then start the run again."
+    return DiskFullError(
+        f"{what} while saving checkpoint {folder} at step {step}{where}; the run stopped.{left} {intact} {resume}"
+    )
