@@ -208,7 +208,7 @@ class TRLSeams:
             if self.args.should_save:
                 checkpoints.mark_complete(folder, self.state.global_step)
         except Exception as err:  # a full disk (or quota) ends the run with what is intact and how to go on
-            cause = checkpoints.disk_full_cause(err)
+            cause = checkpoints.disk_full_cause(err, folder)
             if cause is None:
                 raise
             step, remove = self.state.global_step, self.args.should_save

@@ -159,3 +159,20 @@ def test_resume_after_the_disk_frees_continues_exactly(tmp_path, tiny_model_dir,
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 3
     assert_same_checkpoint(out / "checkpoint-3", tmp_path / "reference" / "checkpoint-3")
+
+
+def test_writers_that_do_not_raise_oserror_are_recognised(tmp_path, monkeypatch):
+    from trl_basics.checkpoints import disk_full
+
+    rust = RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '' })")
+    assert checkpoints.disk_full_cause(rust).errno == errno.ENOSPC
+    assert checkpoints.disk_full_cause(ValueError("x")) is None
+    wrapped = RuntimeError("saving failed")
+    wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert checkpoints.disk_full_cause(wrapped).errno == errno.EDQUOT
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                               "data/0: file write failed")  # fmt: skip
+    assert checkpoints.disk_full_cause(torch_error, str(tmp_path)) is None  # there is space: some other fault
+    monkeypatch.setattr(disk_full, "_free_bytes", lambda folder: 0)
+    assert checkpoints.disk_full_cause(torch_error, str(tmp_path / "checkpoint-9")).errno == errno.ENOSPC
+    assert checkpoints.disk_full_cause(torch_error) is None  # without the folder nothing can be told

@@ -57,50 +57,59 @@ def kinds(dataset):
     evaluation = dataset.select(range(16, 24))
     iterable = evaluation.to_iterable_dataset()
     return {
-        "eval-dataset": (dict(train_dataset=train, eval_dataset=evaluation), False),
+        "eval-dataset": ({"train_dataset": train, "eval_dataset": evaluation}, False),
         "eval-dataset-dict": (
-            dict(train_dataset=train, eval_dataset=DatasetDict(data1=evaluation, data2=evaluation)),
+            {"train_dataset": train, "eval_dataset": DatasetDict(data1=evaluation, data2=evaluation)},
             False,
         ),
         "eval-iterable-dataset-dict": (
-            dict(train_dataset=train, eval_dataset=IterableDatasetDict(data1=iterable, data2=iterable)),
+            {"train_dataset": train, "eval_dataset": IterableDatasetDict(data1=iterable, data2=iterable)},
             False,
         ),
-        "eval-iterable-dataset": (dict(train_dataset=train, eval_dataset=iterable), False),
-        "eval-dict-of-datasets": (dict(train_dataset=train, eval_dataset={"easy": evaluation, "hard": evaluation}), False),
-        "eval-dict-of-iterables": (dict(train_dataset=train, eval_dataset={"a": iterable, "b": iterable}), False),
-        "eval-dict-mixed": (dict(train_dataset=train, eval_dataset={"map": evaluation, "stream": iterable}), False),
-        "iterable-train": (dict(train_dataset=train.to_iterable_dataset()), False),
-        "iterable-train-and-eval": (dict(train_dataset=train.to_iterable_dataset(), eval_dataset=iterable), False),
-        "train-dataset-dict": (dict(train_dataset=DatasetDict(train=train)), False),  # both refuse: not a Dataset
-        "environment-owns-data": (dict(train_dataset=None, environment_factory=SayEnvironment, reward_funcs=None), True),
-        "environment-column-only": (
-            dict(
-                train_dataset=Dataset.from_dict({"environment": ["say", "other"] * 8}),
-                environment_factory={"say": SayEnvironment, "other": OtherEnvironment},
-                reward_funcs=None,
-            ),
+        "eval-iterable-dataset": ({"train_dataset": train, "eval_dataset": iterable}, False),
+        "eval-dict-of-datasets": (
+            {"train_dataset": train, "eval_dataset": {"easy": evaluation, "hard": evaluation}},
+            False,
+        ),
+        "eval-dict-of-iterables": ({"train_dataset": train, "eval_dataset": {"a": iterable, "b": iterable}}, False),
+        "eval-dict-mixed": ({"train_dataset": train, "eval_dataset": {"map": evaluation, "stream": iterable}}, False),
+        "iterable-train": ({"train_dataset": train.to_iterable_dataset()}, False),
+        "iterable-train-and-eval": ({"train_dataset": train.to_iterable_dataset(), "eval_dataset": iterable}, False),
+        "train-dataset-dict": ({"train_dataset": DatasetDict(train=train)}, False),  # both refuse: not a Dataset
+        "environment-owns-data": (
+            {"train_dataset": None, "environment_factory": SayEnvironment, "reward_funcs": None},
             True,
         ),
-        "environment-with-prompts": (dict(train_dataset=train, environment_factory=SayEnvironment), True),
+        "environment-column-only": (
+            {
+                "train_dataset": Dataset.from_dict({"environment": ["say", "other"] * 8}),
+                "environment_factory": {"say": SayEnvironment, "other": OtherEnvironment},
+                "reward_funcs": None,
+            },
+            True,
+        ),
+        "environment-with-prompts": ({"train_dataset": train, "environment_factory": SayEnvironment}, True),
         "environment-eval-routing": (
-            dict(
-                train_dataset=Dataset.from_dict({"environment": ["say", "other"] * 8}),
-                eval_dataset=DatasetDict(only=Dataset.from_dict({"environment": ["say"] * 4})),
-                environment_factory={"say": SayEnvironment, "other": OtherEnvironment},
-            ),
+            {
+                "train_dataset": Dataset.from_dict({"environment": ["say", "other"] * 8}),
+                "eval_dataset": DatasetDict(only=Dataset.from_dict({"environment": ["say"] * 4})),
+                "environment_factory": {"say": SayEnvironment, "other": OtherEnvironment},
+            },
             True,
         ),
         "rollout-func-raw-prompts": (
             # The prompts go to the rollout function as they are: an empty one, or ids, are its business.
-            dict(train_dataset=Dataset.from_dict({"prompt": ["", "say a"] * 8}), rollout_func=rollout),
+            {"train_dataset": Dataset.from_dict({"prompt": ["", "say a"] * 8}), "rollout_func": rollout},
             True,
         ),
         "rollout-func-eval-dict": (
-            dict(train_dataset=train, eval_dataset={"ids": Dataset.from_dict({"prompt": [[1, 2]] * 4})},
-                 rollout_func=rollout),
+            {
+                "train_dataset": train,
+                "eval_dataset": {"ids": Dataset.from_dict({"prompt": [[1, 2]] * 4})},
+                "rollout_func": rollout,
+            },
             True,
-        ),  # fmt: skip
+        ),
     }
 
 

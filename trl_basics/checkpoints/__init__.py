@@ -13,6 +13,8 @@ Each module imports only the ones listed before it. The names below are the pack
 """
 
 from .atomic import atomic_directory, atomic_write, fsync_directory, fsync_tree, write_json
+from .disk_full import DISK_FULL_ERRNOS, DiskFullError, disk_full_cause, disk_full_error
+from .lock import LOCK_FILE, OutputDirInUseError, RunLock, check_output_dir_free
 from .marker import (
     MARKER_FILE,
     MARKER_VERSION,
@@ -26,8 +28,6 @@ from .marker import (
     resolve_resume,
     rotate,
 )
-from .disk_full import DISK_FULL_ERRNOS, DiskFullError, disk_full_cause, disk_full_error
-from .lock import LOCK_FILE, OutputDirInUseError, RunLock, check_output_dir_free
 from .trick_state import (
     MONITOR_SETTINGS,
     OPT_OUT,
@@ -43,6 +43,7 @@ from .trick_state import (
 )
 
 __all__ = [
+    "DISK_FULL_ERRNOS",
     "LOCK_FILE",
     "MARKER_FILE",
     "MARKER_VERSION",
@@ -53,20 +54,19 @@ __all__ = [
     "TRICK_STATE_KEYS",
     "TRICK_STATE_VERSION",
     "CheckpointError",
-    "DISK_FULL_ERRNOS",
     "DiskFullError",
     "OutputDirInUseError",
     "RunLock",
     "atomic_directory",
     "atomic_write",
     "begin_checkpoint",
+    "check_output_dir_free",
     "checkpoint_files",
     "checkpoint_problems",
-    "check_output_dir_free",
     "class_name",
-    "find_resumable_checkpoint",
     "disk_full_cause",
     "disk_full_error",
+    "find_resumable_checkpoint",
     "fsync_directory",
     "fsync_tree",
     "load_error",

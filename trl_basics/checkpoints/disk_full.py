@@ -21,15 +21,41 @@ class DiskFullError(CheckpointError):
     """A checkpoint could not be written for lack of space; the original ``OSError`` is its ``__cause__``."""
 
 
-def disk_full_cause(err: BaseException | None) -> OSError | None:
-    """The ``OSError`` with ``ENOSPC`` or ``EDQUOT`` in ``err`` or in what caused it, else ``None``."""
+# How writers that do not raise ``OSError`` say it: safetensors (Rust: "No space left on device (os error 28)").
+_MESSAGES = {errno.ENOSPC: ("no space left on device", "storagefull"), errno.EDQUOT: ("disk quota exceeded",)}
+# torch.save's C++ writer says only this; it counts as a full disk when the disk has (almost) no space left.
+_TORCH_WRITE_FAILED = "file write failed"
+
+
+def disk_full_cause(err: BaseException | None, folder: str | None = None) -> OSError | None:
+    """The ``OSError`` with ``ENOSPC`` or ``EDQUOT`` in ``err`` or in what caused it, else ``None``.
+
+    A writer's own exception that names one of them (safetensors) counts too, and so does ``torch.save``'s "file
+    write failed" when the disk holding ``folder`` has less than 1 MiB free.
+    """
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
             return err
+        text = str(err).lower()
+        for code, phrases in _MESSAGES.items():
+            if any(phrase in text for phrase in phrases):
+                return OSError(code, os.strerror(code))
+        if folder is not None and _TORCH_WRITE_FAILED in text and _free_bytes(folder) < 2**20:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         err = err.__cause__ or err.__context__
     return None
+
+
+def _free_bytes(folder: str) -> int:
+    path = os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 2**63
 
 
 def disk_full_error(folder: str, cause: OSError, step: int, remove: bool = True) -> DiskFullError:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from typing import Any
+
+from typing import Self
 
 from .marker import CheckpointError
 
@@ -97,10 +98,10 @@ class RunLock:
         finally:
             os.close(fd)  # closing the last descriptor of the open file releases the lock
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> Self:
         return self.acquire()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
