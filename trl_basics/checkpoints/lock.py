@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-
 from typing import Self
 
 from .marker import CheckpointError
