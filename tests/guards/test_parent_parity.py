@@ -181,3 +181,20 @@ def test_prompt_sources_relax_only_what_they_supply():
         check_dataset(Dataset.from_dict({"prompt": ["a", ""]}), environment=True)  # a prompt there is still used
     check_dataset(Dataset.from_dict({"prompt": ["", "say a"]}), rollout_func=True)
     check_dataset(Dataset.from_dict({"prompt": [[1, 2], [3]]}), rollout_func=True)
+
+
+@pytest.mark.parametrize("trainer_id", ["rloo", "reinforce_pp"])
+def test_training_evaluates_each_split_and_streams_the_train_set(trainer_id, tmp_path, tiny_model_dir, task, dataset):
+    trainer_cls, config_cls, settings = TRAINERS[trainer_id]
+    evaluation = dataset.select(range(16, 24))
+    config = config_cls(**settings(tmp_path, max_steps=1, eval_strategy="steps", eval_steps=1, reward_norm="running"))
+    trainer = trainer_cls(
+        model=tiny_model_dir,
+        reward_funcs=task.reward_func,
+        args=config,
+        train_dataset=dataset.select(range(16)).to_iterable_dataset(),
+        eval_dataset=DatasetDict(data1=evaluation, data2=evaluation.to_iterable_dataset()),
+    )
+    trainer.train()
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    assert {"eval_data1_loss", "eval_data2_loss", "eval_reward"} <= logged, sorted(logged)  # one pass per split
