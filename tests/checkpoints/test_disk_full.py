@@ -176,3 +176,22 @@ def test_writers_that_do_not_raise_oserror_are_recognised(tmp_path, monkeypatch)
     monkeypatch.setattr(disk_full, "_free_bytes", lambda folder: 0)
     assert checkpoints.disk_full_cause(torch_error, str(tmp_path / "checkpoint-9")).errno == errno.ENOSPC
     assert checkpoints.disk_full_cause(torch_error) is None  # without the folder nothing can be told
+
+
+def test_the_command_line_says_it_in_one_line_and_resumes(tmp_path, tiny_model_dir, capsys):
+    from trl_basics.cli import main
+
+    from .test_cli_resume import FAST
+
+    out = tmp_path / "run"
+    argv = ["train", "rloo", "--model_name_or_path", tiny_model_dir, "--output_dir", str(out), *FAST]
+    with FullDisk(out / "checkpoint-2", fail_at=1):
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"trl-basics train rloo: error: No space left on device while saving checkpoint {out / 'checkpoint-2'} " in err
+    )
+    assert f"The newest complete checkpoint, {out / 'checkpoint-1'}, is intact." in err
+    assert "Traceback" not in err
+    assert main([*argv, "--resume_from_checkpoint", "latest"]) == 0
+    assert checkpoints.find_resumable_checkpoint(str(out)) == str(out / "checkpoint-3")
