@@ -7,7 +7,8 @@
   counts it.
 - ``check_prompt_lengths`` refuses, at init, prompts that cannot fit the model's context with the completion.
 - ``check_dataset`` refuses, before the models load, an empty dataset, a missing ``prompt`` column, an empty or
-  malformed prompt and a mix of plain and conversational prompts.
+  malformed prompt and a mix of plain and conversational prompts; it accepts whatever the TRL parent accepts (every
+  split of a ``DatasetDict``, iterable datasets, prompts supplied by an environment or a rollout function).
 - ``guard_reward_tensor`` turns ±inf from reward models into unscorable NaN, counted like a function's.
 """
 

@@ -131,3 +131,22 @@ def test_a_killed_run_does_not_block_its_own_resume(tmp_path, tiny_model_dir):
     assert main([*argv, "--resume_from_checkpoint", "latest"]) == 0
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
     checkpoints.check_output_dir_free(str(out))
+
+
+def test_a_probe_does_not_refuse_a_run_that_starts_meanwhile(tmp_path, monkeypatch):
+    import fcntl
+
+    from trl_basics.checkpoints import lock as lock_module
+
+    (tmp_path / checkpoints.LOCK_FILE).write_text("pid=999999\nhost=elsewhere\nstarted=then\n")
+    probe = os.open(tmp_path / checkpoints.LOCK_FILE, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a second run's probe, at the very moment this one starts
+    real_sleep = time.sleep
+
+    def sleep(seconds):  # the probe lets go while the run waits
+        os.close(probe)
+        monkeypatch.setattr(lock_module.time, "sleep", real_sleep)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(lock_module.time, "sleep", sleep)
+    checkpoints.RunLock(str(tmp_path)).acquire().release()

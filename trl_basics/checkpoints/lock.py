@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 from typing import Self
 
 from .marker import CheckpointError
@@ -26,6 +27,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 LOCK_FILE = ".trl_basics.lock"
+_ATTEMPTS = 10
 
 
 class OutputDirInUseError(CheckpointError):
@@ -72,10 +74,14 @@ class RunLock:
         os.makedirs(self.output_dir, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutputDirInUseError(holder_message(self.output_dir, self.path)) from None
+            for attempt in range(_ATTEMPTS):  # a probe (`check_output_dir_free`) holds it for an instant only
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == _ATTEMPTS - 1:
+                        raise OutputDirInUseError(holder_message(self.output_dir, self.path)) from None
+                    time.sleep(0.05)
         except BaseException:
             os.close(fd)
             raise
