@@ -14,7 +14,8 @@ Overrides of private methods (each calls the parent and hands what it saw to a t
 ``_compute_loss``                           → ``policy_loss(model, inputs)`` (default: the parent's), then
                                             ``after_policy_loss(model, inputs, loss, policy_pass)``
 ``_save_checkpoint``                        → ``write_checkpoint_files(folder)``, then the completion marker and the
-                                            rotation transformers would have done
+                                            rotation transformers would have done; a full disk ends it with
+                                            ``checkpoints.DiskFullError``
 ``_load_optimizer_and_scheduler``           → ``load_checkpoint_extras(checkpoint)``
 ==========================================  ==========================================================================
 
