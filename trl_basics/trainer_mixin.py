@@ -319,6 +319,7 @@ class TrickTrainerMixin(TRLSeams):
                 self.checkpoint_settings(),
                 self.trick_pipeline.state_dict(),
                 self.trick_pipeline.state_dependencies(),
+                num_processes=self.accelerator.num_processes,
             )
             checkpoints.write_json(os.path.join(folder, TRICK_STATE_FILE), document)
 
@@ -329,6 +330,8 @@ class TrickTrainerMixin(TRLSeams):
             settings=self.checkpoint_settings(),
             stateful=sorted(self.trick_pipeline.state_dict()),
             reset=self.args.resume_reset_changed_state,
+            # compared with the checkpoint's on the main process only: one warning per run
+            num_processes=self.accelerator.num_processes if self.accelerator.is_main_process else None,
         )
         if plan.state is not None:
             fresh = self.trick_pipeline.state_dict()

@@ -93,10 +93,13 @@ def trick_state_document(
     settings: dict[str, Any],
     state: dict[str, Any],
     component_settings: Mapping[str, Iterable[str]] | None = None,
+    num_processes: int | None = None,
 ) -> dict[str, Any]:
     """The document saved with a checkpoint; ``component_settings`` names, per component in ``state``, the settings
-    its state depends on (a component left out depends on the trainer's settings only)."""
+    its state depends on (a component left out depends on the trainer's settings only); ``num_processes`` is the
+    number of processes that trained (recorded where given)."""
     component_settings = component_settings or {}
+    extra = {} if num_processes is None else {"num_processes": num_processes}
     return {
         "format": TRICK_STATE_FORMAT,
         "format_version": TRICK_STATE_VERSION,
@@ -105,8 +108,24 @@ def trick_state_document(
         "settings": settings,
         "trainer_settings": trainer_settings(trainer_class),
         "component_settings": {name: list(component_settings.get(name, ())) for name in state},
+        **extra,
         "state": state,
     }
+
+
+def _note_process_count(folder: str, saved: Any, current: int | None) -> None:
+    """Warn when a checkpoint resumes on another number of processes: what resumes exactly and what does not."""
+    if current is None or not isinstance(saved, int) or saved == current:
+        return
+    logger.warning(
+        "Resuming from %s, saved by %d process(es), with %d: the trick state (global: running moments, KL "
+        "controller, baselines), the model, optimizer, scheduler and step resume exactly; the data order differs "
+        "from an uninterrupted run, and a process's RNG state is restored only where the checkpoint has its "
+        "rng_state_<rank>.pth (rng_state.pth for one process)",
+        folder,
+        saved,
+        current,
+    )
 
 
 # --- reading ------------------------------------------------------------------------------------------------------------
@@ -205,11 +224,13 @@ def plan_trick_state(
     settings: dict[str, Any],
     stateful: list[str],
     reset: bool,
+    num_processes: int | None = None,
 ) -> ResumePlan:
     """What to do with the trick state of checkpoint ``folder`` (see the module docstring).
 
     ``stateful`` names this run's components that keep state (a missing file is refused only for such a run);
-    ``reset`` is ``resume_reset_changed_state``. Raises :class:`CheckpointError` for every refusal.
+    ``reset`` is ``resume_reset_changed_state``; ``num_processes``, this run's process count, is compared with the
+    checkpoint's (a warning if they differ). Raises :class:`CheckpointError` for every refusal.
     """
     path = os.path.join(folder, TRICK_STATE_FILE)
 
@@ -241,6 +262,7 @@ def plan_trick_state(
             f"is {_short(current_class)} ({current_class}); its state would be dropped or misread. Options: resume "
             f"with {_short(saved_class)}; or start afresh in a new output_dir."
         )
+    _note_process_count(folder, doc.get("num_processes"), num_processes)
     saved = doc["settings"]
     missing = object()
     changed = [
