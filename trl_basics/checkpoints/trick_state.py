@@ -118,10 +118,9 @@ def _note_process_count(folder: str, saved: Any, current: int | None) -> None:
     if current is None or not isinstance(saved, int) or saved == current:
         return
     logger.warning(
-        "Resuming from %s, saved by %d process(es), with %d: the trick state (global: running moments, KL "
-        "controller, baselines), the model, optimizer, scheduler and step resume exactly; the data order differs "
-        "from an uninterrupted run, and a process's RNG state is restored only where the checkpoint has its "
-        "rng_state_<rank>.pth (rng_state.pth for one process)",
+        "Resuming from %s, saved by %d process(es), with %d: the trick state resumes exactly (it is global: running "
+        "moments, KL controller, baselines); the data order differs from an uninterrupted run, and a process's RNG "
+        "state is restored only where the checkpoint has its rng_state_<rank>.pth (rng_state.pth for one process)",
         folder,
         saved,
         current,
