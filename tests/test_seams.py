@@ -102,3 +102,14 @@ def test_rloo_scores_a_round_with_the_sampling_pass_before_the_reference_pass():
     ref = source.index("ref_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(")
     assert old < ref
     assert source.count("self._get_per_token_logps_and_entropies(") == 3  # π_old, π_ref, π_ref via the adapter
+
+
+def test_the_window_token_count_is_the_one_trl_s_dapo_loss_divides_by():
+    """``TRLSeams.window_token_count`` reads ``num_items_in_batch`` from the scored round and rescales it to one
+    accumulation window exactly as GRPO's ``dapo`` normaliser does (times num_processes: a global count)."""
+    scored = inspect.getsource(trl.GRPOTrainer._generate_and_score_completions)
+    assert "num_items_in_batch = self.accelerator.gather(loss_mask.sum()).sum()" in scored
+    assert '"num_items_in_batch": num_items_in_batch' in scored
+    loss = inspect.getsource(trl.GRPOTrainer._compute_loss)
+    assert 'normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes' in loss
+    assert "normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation" in loss

@@ -107,9 +107,10 @@ class TrickArguments:
     > Parameters that control resuming
 
     resume_reset_changed_state (`bool`, *optional*, defaults to `False`):
-        On resume, where the checkpoint's trick state was saved with other settings, holds non-finite values, or is
-        missing or damaged: start the trick state fresh (logged) instead of refusing. The model, optimizer,
-        scheduler, RNG and step still resume (`docs/reliability.md`).
+        On resume, where settings that saved trick state depends on changed: start fresh the state of the components
+        whose settings changed (logged, naming them) instead of refusing; where the trick state holds non-finite
+        values or is missing or damaged: start all of it fresh. The model, optimizer, scheduler, RNG and step still
+        resume (`docs/reliability.md`).
     """
 
     reward_norm: str = field(
@@ -223,8 +224,8 @@ class TrickArguments:
     resume_reset_changed_state: bool = field(
         default=False,
         metadata={
-            "help": "On resume, start the trick state fresh (logged) instead of refusing when the checkpoint's trick "
-            "state was saved with other settings, holds NaN/inf, or is missing or damaged."
+            "help": "On resume, instead of refusing: start fresh the trick state of the components whose settings "
+            "changed (logged), or all of it when it holds NaN/inf or is missing or damaged."
         },
     )
 

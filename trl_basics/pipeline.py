@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -193,9 +193,26 @@ class TrickPipeline:
         """State of every stateful component, by name (running moments, KL controller, baselines)."""
         return {c.name: state for c in self.components if (state := c.state_dict())}
 
-    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
+    def state_dependencies(self) -> dict[str, list[str]]:
+        """For each component that keeps state, the config fields its saved state depends on: its flag and the flags
+        that switch it off, its declared ``state_settings``; an estimator also ``advantage_estimator`` and a trick
+        named in ``tricks`` also ``tricks``, and both their options, ``trick_kwargs``."""
+        found: dict[str, list[str]] = {}
+        for c in self.components:
+            if not c.state_dict():
+                continue
+            names = [*([c.flag] if c.flag else []), *c.off_flags, *c.state_settings]
+            if c is self.estimator:
+                names += ["advantage_estimator", "trick_kwargs"]
+            elif c.flag is None:
+                names += ["tricks", "trick_kwargs"]
+            found[c.name] = list(dict.fromkeys(names))
+        return found
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]], reset: Collection[str] = ()) -> None:
+        """Load every component's saved state, except those named in ``reset``, which keep their fresh state."""
         components = {c.name: c for c in self.components}
-        unknown = sorted(set(state) - set(components))
+        unknown = sorted(set(state) - set(components) - set(reset))
         if unknown:
             raise ValueError(
                 f"the checkpoint holds state for {unknown}, which this run does not switch on "
@@ -203,7 +220,8 @@ class TrickPipeline:
             )
         # A component with no saved state (switched on after the checkpoint was written) keeps its fresh state.
         for name, component_state in state.items():
-            components[name].load_state_dict(component_state)
+            if name not in reset:
+                components[name].load_state_dict(component_state)
 
 
 def _zero_unscorable(rollout: Rollout, ctx: TrickContext) -> Rollout:

@@ -22,6 +22,9 @@ Overrides of private methods (each calls the parent and hands what it saw to a t
 Temporary changes of parent state (context managers): :func:`parent_beta`, :func:`single_generation_allowed`,
 :meth:`TRLSeams.reference_logprobs_forced`, :meth:`TRLSeams.parent_kl_off` and :func:`rotation_deferred`.
 
+The batch key ``num_items_in_batch`` (the generation batch's global loss-token count that TRL's ``dapo`` loss divides
+by) is read through :meth:`TRLSeams.window_token_count`.
+
 Private attributes read: ``_metrics`` (via :meth:`TRLSeams.metric_log` and :attr:`TRLSeams.parent_metrics`),
 ``_step``, ``_tokenizer``, ``_get_learning_rate`` and ``_get_output_dir``. Helpers of TRL's internal modules
 (``trl.trainer.utils``, ``trl.models.utils``), which TRL does not export from ``trl``, are imported here and
@@ -286,6 +289,16 @@ class TRLSeams:
     def accumulation_micro_step(self) -> int:
         """Index of the current micro-batch in the gradient accumulation window."""
         return self._step % self.args.gradient_accumulation_steps
+
+    def window_token_count(self, inputs: dict) -> torch.Tensor | None:
+        """The loss tokens of one accumulation window over every process, as TRL's ``loss_type="dapo"`` counts them:
+        the generation batch's global count ``num_items_in_batch`` (computed when TRL scores the round, before any
+        backward) times ``gradient_accumulation_steps / steps_per_generation``. Exactly the window's count when a
+        generation batch is one window (TRL's default); its mean over the windows otherwise. ``None`` without it."""
+        count = inputs.get("num_items_in_batch")
+        if count is None:
+            return None
+        return count.clamp(min=1.0) * self.current_gradient_accumulation_steps / self.args.steps_per_generation
 
     def policy_learning_rate(self) -> float:
         """The policy optimizer's current learning rate (the configured one before the scheduler exists)."""

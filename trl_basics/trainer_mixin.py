@@ -338,22 +338,28 @@ class TrickTrainerMixin(TRLSeams):
         """trl_basics' own files of a checkpoint, each written atomically (subclasses add theirs)."""
         if self.args.should_save:
             document = checkpoints.trick_state_document(
-                type(self), self.checkpoint_settings(), self.trick_pipeline.state_dict()
+                type(self),
+                self.checkpoint_settings(),
+                self.trick_pipeline.state_dict(),
+                self.trick_pipeline.state_dependencies(),
+                num_processes=self.accelerator.num_processes,
             )
             checkpoints.write_json(os.path.join(folder, TRICK_STATE_FILE), document)
 
     def load_trick_state(self, checkpoint: str) -> None:
-        state = checkpoints.read_trick_state(
+        plan = checkpoints.plan_trick_state(
             checkpoint,
             trainer_class=type(self),
             settings=self.checkpoint_settings(),
             stateful=sorted(self.trick_pipeline.state_dict()),
             reset=self.args.resume_reset_changed_state,
+            # compared with the checkpoint's on the main process only: one warning per run
+            num_processes=self.accelerator.num_processes if self.accelerator.is_main_process else None,
         )
-        if state is not None:
+        if plan.state is not None:
             fresh = self.trick_pipeline.state_dict()
             try:
-                self.trick_pipeline.load_state_dict(state)
+                self.trick_pipeline.load_state_dict(plan.state, reset=plan.reset)
             except (KeyError, TypeError, ValueError, AttributeError) as err:
                 self.trick_pipeline.load_state_dict(fresh)
                 if not self.args.resume_reset_changed_state:

@@ -168,7 +168,8 @@ class Trick:
     # The flag values that switch it off again (``trl-basics ablate``); ``flag`` itself must be among them.
     off_flags: ClassVar[Mapping[str, Any]] = {}
     order: ClassVar[int] = 0  # position among the flag-switched tricks of its stage (lower runs first)
-    # Config fields, beyond the trick flags, that the trick's saved state depends on (recorded with checkpoints).
+    # Config fields, beyond its own flags, that the trick's saved state depends on (recorded per component with
+    # checkpoints: a resume that changes one is refused, or starts this trick's state fresh with the opt-out).
     state_settings: ClassVar[tuple[str, ...]] = ()
 
     @classmethod

@@ -102,20 +102,22 @@ def test_values_are_the_state_before_each_token_zero_where_inactive_and_without_
 
 
 def test_gradient_accumulation_averages_the_micro_batch_token_means(accelerator, make_args):
-    """Each micro-batch's loss is its own token mean, divided by the accumulation divisor. With equal token counts
-    two accumulated micro-batches equal one update on both together; with unequal counts they give each micro-batch
-    the same weight, not each token."""
+    """Given the window's token count, each micro-batch's loss is its token sum over the window's count: two
+    accumulated micro-batches equal one update on both together, whatever their token counts. Without it, each
+    micro-batch's loss is its own token mean, divided by the accumulation divisor: equal with equal token counts,
+    and with unequal counts each micro-batch gets the same weight, not each token."""
     args = make_args()
 
-    def accumulated(batch):
+    def accumulated(batch, window=True):
+        tokens = batch["completion_mask"].sum() if window else None
         critic = sgd_critic(accelerator, args)
         before = params(critic.model)
         first = critic.update(rows(batch, 0, 2), rows(batch, 0, 2)["completion_mask"], step=True, policy_lr=0.1,
-                              sync_gradients=False, accumulation_steps=2)  # fmt: skip
+                              sync_gradients=False, accumulation_steps=2, window_tokens=tokens)  # fmt: skip
         assert first.grad_norm is None and first.learning_rate is None  # no optimizer step inside the window
         assert not delta(params(critic.model), before).any()
         last = critic.update(rows(batch, 2, 4), rows(batch, 2, 4)["completion_mask"], step=True, policy_lr=0.1,
-                             sync_gradients=True, accumulation_steps=2)  # fmt: skip
+                             sync_gradients=True, accumulation_steps=2, window_tokens=tokens)  # fmt: skip
         assert last.grad_norm is not None and last.learning_rate == pytest.approx(0.1)
         return delta(params(critic.model), before)
 
@@ -129,6 +131,7 @@ def test_gradient_accumulation_averages_the_micro_batch_token_means(accelerator,
         4, seed=1, completion_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]])
     )
     torch.testing.assert_close(accumulated(equal), at_once(equal))
+    torch.testing.assert_close(accumulated(equal, window=False), at_once(equal))
 
     unequal = make_batch(
         4, seed=2, completion_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0], [1, 0, 0, 0]])
@@ -142,8 +145,9 @@ def test_gradient_accumulation_averages_the_micro_batch_token_means(accelerator,
         losses.append(clipped_value_loss(values, part["old_values"], part["returns"], part["completion_mask"])[0])
     ((losses[0] + losses[1]) / 2).backward()
     expected = torch.cat([-0.1 * param.grad.reshape(-1) for _, param in sorted(model.named_parameters())])
-    torch.testing.assert_close(accumulated(unequal), expected)
-    assert not torch.allclose(accumulated(unequal), at_once(unequal), rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(accumulated(unequal, window=False), expected)
+    assert not torch.allclose(accumulated(unequal, window=False), at_once(unequal), rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(accumulated(unequal), at_once(unequal))  # normalised over the window
 
 
 def test_clip_fraction_and_loss_by_hand(accelerator, make_args):

@@ -201,13 +201,17 @@ class Critic:
         policy_lr: float | None = None,
         sync_gradients: bool = True,
         accumulation_steps: int = 1,
+        window_tokens: Tensor | float | None = None,
     ) -> CriticStats:
         """The clipped value loss on this micro-batch; with ``step``, its backward now and an optimizer step at the
         accumulation boundary.
 
-        L_vf = ½·max((V - R)², (V_clip - R)²), V_clip = V_old + clip(V - V_old, ±value_clip), token mean over this
-        micro-batch's active tokens (``mask``), divided by the accumulation divisor; DDP averages the gradients over
-        processes. Without ``step`` (evaluation) only the statistics are computed, without gradients.
+        L_vf = ½·max((V - R)², (V_clip - R)²), V_clip = V_old + clip(V - V_old, ±value_clip). With ``window_tokens``
+        the gradient is of the sum over this micro-batch's active tokens (``mask``) divided by the window's token
+        count, so that accumulating micro-batches on any number of processes equals one update on the whole window
+        (DDP averages over processes: each divides by ``window_tokens / num_processes``). Without it, each micro-batch
+        counts as its own token mean divided by the accumulation divisor. Without ``step`` (evaluation) only the
+        statistics are computed, without gradients.
 
         Args:
             inputs: The micro-batch: prompt/completion ids and masks, ``old_values`` and ``returns`` (B, T).
@@ -216,6 +220,7 @@ class Critic:
             policy_lr: The policy's current learning rate, which the critic's follows (needed with ``step``).
             sync_gradients: Whether this micro-batch ends an accumulation window (the optimizer steps after it).
             accumulation_steps: The divisor of the loss for gradient accumulation (DeepSpeed divides by itself).
+            window_tokens: The active tokens of the whole accumulation window over every process.
         """
         if step and policy_lr is None:
             raise ValueError("Critic.update(step=True) needs policy_lr, the policy's current learning rate")
@@ -230,10 +235,15 @@ class Critic:
                 values, inputs["old_values"], inputs["returns"], mask, clip_range=self.args.value_clip
             )
             if step:
+                objective = loss / accumulation_steps
+                if window_tokens is not None:
+                    share = window_tokens / self.accelerator.num_processes
+                    objective = loss * mask.bool().sum() / share
                 if self.deepspeed:
-                    self.wrapped.backward(loss)  # the engine divides by its gradient accumulation itself
+                    # the engine divides by its gradient accumulation itself
+                    self.wrapped.backward(objective * accumulation_steps)
                 else:
-                    (loss / accumulation_steps).backward()
+                    objective.backward()
         stats = self._global_stats(loss.detach(), clip_fraction, mask)
         return self._optimizer_step(stats, policy_lr, sync_gradients) if step else stats
 

@@ -201,10 +201,11 @@ class PPOMaxTrainer(GRPOTrickTrainer):
     def _critic_update(self, inputs: dict, step: bool) -> None:
         """The critic's update on this micro-batch (an optimizer step at the accumulation boundary), logged."""
         mask = action_mask(inputs)
-        policy_lr, accumulation = None, 1
+        policy_lr, accumulation, window_tokens = None, 1, None
         if step:
             policy_lr = self.policy_learning_rate()
             accumulation = self.current_gradient_accumulation_steps
+            window_tokens = self.window_token_count(inputs)
         stats = self.critic.update(
             inputs,
             mask,
@@ -212,6 +213,7 @@ class PPOMaxTrainer(GRPOTrickTrainer):
             policy_lr=policy_lr,
             sync_gradients=self.accelerator.sync_gradients,
             accumulation_steps=accumulation,
+            window_tokens=window_tokens,
         )
         log = self.metric_log()
         for name, value in stats.metrics().items():

@@ -126,7 +126,8 @@ class MovingAverageEstimator(_BaselineEstimator):
     name = "moving_average"
     summary = "Subtract a moving-average baseline of the rewards of earlier batches."
     source = "Ahmadian et al. 2024, Back to Basics, Eqs. 7-8; Williams 1992"
-    state_settings = ("baseline_decay",)
+    # The baseline is a moving average of the weighted reward sum, with this decay.
+    state_settings = ("baseline_decay", "reward_weights")
 
     def __init__(self, args: Any = None, gamma: float | None = None, decay: float | None = None) -> None:
         super().__init__(args, gamma=gamma)

@@ -95,7 +95,16 @@ class KLShaping(Trick):
             bias_correction=bool(getattr(args, "use_bias_correction_kl", False)),
         )
 
-    state_settings = ("kl_coef", "kl_target", "kl_horizon", "kl_estimator", "kl_placement")
+    # The controller's β and the KL it was steered by: the measured KL depends on the estimator and its clamps.
+    state_settings = (
+        "kl_coef",
+        "kl_target",
+        "kl_horizon",
+        "kl_estimator",
+        "kl_clamp",
+        "kl_clamp_log_ratio",
+        "kl_placement",
+    )
 
     def requirements(self) -> Requirements:
         """π_old and π_ref per token before the advantages; a reference model even when the parent's β is 0 (as long

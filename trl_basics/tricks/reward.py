@@ -26,6 +26,8 @@ class RewardNormalization(Trick):
     order = 10
     summary = "Normalize rewards to zero mean, unit variance: over the batch, or with running moments."
     source = "Zheng et al. 2023, Secrets of RLHF Part I, §5.3 (PPO-max)"
+    # The running moments are moments of the weighted reward sum.
+    state_settings = ("reward_norm", "reward_weights")
 
     def __init__(self, args: Any = None, mode: str = "running") -> None:
         super().__init__(args)
@@ -69,6 +71,8 @@ class RewardScaling(Trick):
     order = 20
     summary = "Divide rewards by the running standard deviation of all rewards seen so far."
     source = "Zheng et al. 2023, Secrets of RLHF Part I, §5.3; Engstrom et al. 2020"
+    # The running moments are of the weighted reward sum, normalized first where reward_norm is on.
+    state_settings = ("reward_scale", "reward_norm", "reward_weights")
 
     def __init__(self, args: Any = None) -> None:
         super().__init__(args)
