@@ -64,7 +64,9 @@ def test_trl_parses_a_tool_call_written_by_the_byte_tokenizer(byte_tokenizer):
         return_dict=False,
     )
     parsed = parse_response(tokenizer, tokenizer(CALL)["input_ids"], prefix=prompt, tools=[multiply])
-    assert parsed["tool_calls"] == [{"type": "function", "function": {"name": "multiply", "arguments": {"a": 123, "b": 456}}}]
+    assert parsed["tool_calls"] == [
+        {"type": "function", "function": {"name": "multiply", "arguments": {"a": 123, "b": 456}}}
+    ]
 
 
 def test_tiny_byte_model_saves_and_reloads(tmp_path):

@@ -1,9 +1,9 @@
 """A tiny causal LM for the byte-level tokenizer (see [`build_byte_tokenizer`]), built from a config.
 
-    from trl_basics.kit.byte_model import save_tiny_byte_model
-    from trl_basics.kit.tool_tasks import tool_corpus
+from trl_basics.kit.byte_model import save_tiny_byte_model
+from trl_basics.kit.tool_tasks import tool_corpus
 
-    path = save_tiny_byte_model("out/tiny-byte", corpus=tool_corpus())  # tokenizer merges learnt on tool transcripts
+path = save_tiny_byte_model("out/tiny-byte", corpus=tool_corpus())  # tokenizer merges learnt on tool transcripts
 """
 
 from __future__ import annotations

@@ -103,7 +103,10 @@ def render_chat(messages: list[dict], tools: list | None = None, template: str |
 
 def default_corpus() -> list[str]:
     """The merge-learning corpus used when none is given: the template rendered around one sample tool exchange."""
-    return [render_chat(list(_BOILERPLATE_MESSAGES), [_BOILERPLATE_TOOL]), render_chat(list(_BOILERPLATE_MESSAGES[:1]))]
+    return [
+        render_chat(list(_BOILERPLATE_MESSAGES), [_BOILERPLATE_TOOL]),
+        render_chat(list(_BOILERPLATE_MESSAGES[:1])),
+    ]
 
 
 def build_byte_tokenizer(

@@ -124,9 +124,7 @@ class GuessNumberEnvironment:
 
 def guess_number_reward(environments, guess_cost: float = 0.1, **kwargs) -> list[float]:
     """1.0 when the environment's number was found, less ``guess_cost`` per guess beyond the first; 0.0 otherwise."""
-    return [
-        max(0.0, 1.0 - guess_cost * (len(env.guesses) - 1)) if env.found else 0.0 for env in environments
-    ]
+    return [max(0.0, 1.0 - guess_cost * (len(env.guesses) - 1)) if env.found else 0.0 for env in environments]
 
 
 @dataclass(frozen=True)
