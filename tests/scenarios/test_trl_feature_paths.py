@@ -7,11 +7,12 @@ the loss, global whitening, advantage clipping, an entropy bonus). Every case tr
 checks what the feature promises: parameters moved (or, with every completion truncated and masked, did not), the
 loss is finite, and the metrics the feature and the tricks log are there, in training and in evaluation.
 
+Tools and ``environment_factory`` run on the GRPO-based trainers (REINFORCE++ with either baseline, PPO-max, and the
+RLOO family on the GRPO base) with the kit's byte-level tokenizer, which uses TRL's own Qwen 2.5 chat template, so TRL
+parses the tool calls; TRL's RLOOTrainer has no tool loop. ``tests/scenarios/test_trl_tool_tests.py`` holds TRL's own
+tool tests with these trainers, compared with ``trl.GRPOTrainer``.
+
 TRL scenarios not run here, and why:
-- tools, ``environment_factory``, environment-owned rewards/data: TRL parses tool calls with a response template it
-  knows only for real chat templates (Qwen, Llama 3, GPT-OSS, ...) and byte-level vocabularies that can spell JSON; the
-  kit's word-level tokenizer and chat template have neither, and TRL's own tests drive them with a patched
-  ``generate`` emitting Qwen token ids.
 - vLLM (generation, importance-sampling correction, structured outputs), Liger kernels, continuous batching: not
   installed or GPU-only.
 - PPO-max with a vision-language model: its critic is an ``AutoModelForTokenClassification``, which has no
