@@ -542,6 +542,8 @@ def test_tool_calls(column, trainer_id, setting, tmp_path, byte_model_dir, monke
     if advantages.dim() == 2:  # per-token advantages: none on a tool-output token
         assert advantages[holes].abs().sum() == 0
         assert advantages[rollout.completion_mask.bool()].abs().sum() > 0
+    if "returns" in out:  # PPO-max: no value target on a tool-output token
+        assert out["returns"][holes].abs().sum() == 0
     logs = assert_trained(trainer, setting, before)
     assert logs["tools/call_frequency"] > 0
     if column == "environment_factory":
