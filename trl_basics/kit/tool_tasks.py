@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from datasets import Dataset
 
@@ -228,7 +229,10 @@ MULTIPLY_TOOL_TASK = MultiplyToolTask(name="tool_multiply", reward_func=multiply
 GUESS_NUMBER_TASK = GuessNumberTask(
     name="guess_number", reward_func=guess_number_reward, environment_factory=GuessNumberEnvironment
 )
-TOOL_TASKS: dict[str, ToolTask] = {task.name: task for task in (MULTIPLY_TOOL_TASK, GUESS_NUMBER_TASK)}
+TOOL_TASKS: Mapping[str, ToolTask] = MappingProxyType(
+    {task.name: task for task in (MULTIPLY_TOOL_TASK, GUESS_NUMBER_TASK)}
+)
+"""The kit's tool tasks by name (read-only)."""
 
 
 def tool_corpus(tasks: Sequence[ToolTask] = (MULTIPLY_TOOL_TASK, GUESS_NUMBER_TASK), n: int = 8) -> list[str]:
