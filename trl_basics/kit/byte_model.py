@@ -1,9 +1,7 @@
-"""A tiny causal LM for the byte-level tokenizer (see [`build_byte_tokenizer`]), built from a config.
+"""A tiny causal LM for the byte-level tokenizer (see [`build_byte_tokenizer`]), built from a config, never downloaded.
 
-from trl_basics.kit.byte_model import save_tiny_byte_model
-from trl_basics.kit.tool_tasks import tool_corpus
-
-path = save_tiny_byte_model("out/tiny-byte", corpus=tool_corpus())  # tokenizer merges learnt on tool transcripts
+``save_tiny_byte_model(directory, corpus=tool_corpus())`` saves both, the tokenizer's merges learnt on the tool tasks'
+transcripts; a TRL trainer accepts ``str(directory)`` as its model.
 """
 
 from __future__ import annotations
