@@ -132,3 +132,12 @@ def image_dataset(task):
     images = [Image.fromarray((rng.rand(28, 28, 3) * 255).astype("uint8")) for _ in range(len(base))]
     features = datasets.Features({**base.features, "image": datasets.Image()})
     return datasets.Dataset.from_dict({**base.to_dict(), "image": images}, features=features)
+
+
+@pytest.fixture(scope="session")
+def byte_model_dir(tmp_path_factory):
+    """The kit's tiny model for the byte-level tokenizer (merges learnt on the tool tasks' transcripts)."""
+    from trl_basics.kit.byte_model import save_tiny_byte_model
+    from trl_basics.kit.tool_tasks import tool_corpus
+
+    return str(save_tiny_byte_model(tmp_path_factory.mktemp("tiny-byte"), corpus=tool_corpus()))

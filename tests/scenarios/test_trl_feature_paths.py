@@ -7,11 +7,12 @@ the loss, global whitening, advantage clipping, an entropy bonus). Every case tr
 checks what the feature promises: parameters moved (or, with every completion truncated and masked, did not), the
 loss is finite, and the metrics the feature and the tricks log are there, in training and in evaluation.
 
+Tools and ``environment_factory`` run on the GRPO-based trainers (REINFORCE++ with either baseline, PPO-max, and the
+RLOO family on the GRPO base) with the kit's byte-level tokenizer, which uses TRL's own Qwen 2.5 chat template, so TRL
+parses the tool calls; TRL's RLOOTrainer has no tool loop. ``tests/scenarios/test_trl_tool_tests.py`` holds TRL's own
+tool tests with these trainers, compared with ``trl.GRPOTrainer``.
+
 TRL scenarios not run here, and why:
-- tools, ``environment_factory``, environment-owned rewards/data: TRL parses tool calls with a response template it
-  knows only for real chat templates (Qwen, Llama 3, GPT-OSS, ...) and byte-level vocabularies that can spell JSON; the
-  kit's word-level tokenizer and chat template have neither, and TRL's own tests drive them with a patched
-  ``generate`` emitting Qwen token ids.
 - vLLM (generation, importance-sampling correction, structured outputs), Liger kernels, continuous batching: not
   installed or GPU-only.
 - PPO-max with a vision-language model: its critic is an ``AutoModelForTokenClassification``, which has no
@@ -23,6 +24,7 @@ TRL scenarios not run here, and why:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -428,3 +430,121 @@ def test_group_reward_scaling_is_refused_on_reinforce_pp(baseline, tmp_path):
     with pytest.raises(ValueError, match="scale_rewards") as err:
         ReinforcePlusPlusConfig(output_dir=str(tmp_path), use_cpu=True, baseline=baseline, scale_rewards="group")
     assert "whiten" in str(err.value) or "REINFORCE++" in str(err.value)
+
+
+# --- tools and environment_factory (TRL's multi-turn tool loop) ---------------------------------------------------------
+
+# The GRPO-based trainers inherit TRL's tool loop: REINFORCE++ (both baselines), PPO-max, and the RLOO family run on
+# the GRPO base (tests/rloo/test_rloo_family_grpo.py).
+RLOO_ON_GRPO = {"advantage_estimator": "rloo", "whiten_advantages": False, "loss_type": "luspo"}
+TOOL_TRAINERS = {
+    **{t: TRAINERS[t] for t in GRPO_BASED},
+    "rloo_grpo": (ReinforcePlusPlusTrainer, ReinforcePlusPlusConfig, RLOO_ON_GRPO),
+    "reinforce_ma_grpo": (
+        ReinforcePlusPlusTrainer,
+        ReinforcePlusPlusConfig,
+        {**RLOO_ON_GRPO, "advantage_estimator": "moving_average"},
+    ),
+}
+TOOL_MATRIX = [(t, s) for t in TOOL_TRAINERS for s in SETTINGS]
+# Room for the opening call (about 30 tokens), the tool output and a few tokens of the next turn.
+TOOL_OVERRIDES = {
+    "per_device_train_batch_size": 4,
+    "num_generations": 2,
+    "max_completion_length": 64,
+    "max_tool_calling_iterations": 1,
+}
+
+
+def make_tool_trainer(trainer_id, setting, output_dir, model_dir, column, task, tool_calls):
+    """A one-step trainer on ``task`` through the ``tools`` or ``environment_factory`` entry point.
+
+    Every other rollout opens with the task's call (``opening_call_rollout``); TRL runs the tool and the model
+    writes what follows. ``tool_calls`` records each call the tool (or environment) actually served.
+    """
+    from trl_basics.kit.tool_rollout import opening_call_rollout
+    from trl_basics.kit.tool_tasks import tool_call_reward
+
+    trainer_cls, config_cls, fixed = TOOL_TRAINERS[trainer_id]
+    fields = {**fixed, **(TRICK_SET if setting == "tricks" else {})}
+    config = config_cls(**cpu_kwargs(output_dir, max_steps=1, **{**TOOL_OVERRIDES, **fields}))
+    if column == "tools":
+
+        @functools.wraps(task.tools[0])
+        def tool(*args, **kwargs):
+            tool_calls.append(kwargs)
+            return task.tools[0](*args, **kwargs)
+
+        entry = {"tools": [tool]}
+    else:
+
+        class RecordingEnvironment(task.environment_factory):
+            def guess(self, number: int) -> str:
+                """Guess the secret number.
+
+                Args:
+                    number: The guess.
+                """
+                tool_calls.append({"number": number})
+                return super().guess(number)
+
+        entry = {"environment_factory": RecordingEnvironment}
+    return trainer_cls(
+        model=model_dir,
+        reward_funcs=[task.reward_func, tool_call_reward],
+        args=config,
+        train_dataset=task.make_dataset(8, seed=0),
+        rollout_func=opening_call_rollout(task),
+        **entry,
+    )
+
+
+def spy_build_rollout(trainer):
+    seen = []
+    original = trainer.build_rollout
+
+    def spy(out, passes):
+        rollout = original(out, passes)
+        seen.append((out, rollout))
+        return rollout
+
+    trainer.build_rollout = spy
+    return seen
+
+
+@pytest.mark.parametrize("column", ["tools", "environment_factory"])
+@pytest.mark.parametrize(("trainer_id", "setting"), TOOL_MATRIX, ids=[f"{t}-{s}" for t, s in TOOL_MATRIX])
+def test_tool_calls(column, trainer_id, setting, tmp_path, byte_model_dir, monkeypatch):
+    """TRL test_train_with_tools / test_train_with_environment_factory: a real tool call in the rollouts, its output
+    masked out of the policy's tokens (``tool_mask`` 0 = our completion mask 0, advantage 0 there), one step trains.
+
+    ``tools``: the kit's multiply tool (``MULTIPLY_TOOL_TASK``). ``environment_factory``: the guess-the-number
+    environment (``GUESS_NUMBER_TASK``), whose reward reads the environment's state after the rollout.
+    """
+    from trl_basics.kit.tool_tasks import GUESS_NUMBER_TASK, MULTIPLY_TOOL_TASK
+
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    task = MULTIPLY_TOOL_TASK if column == "tools" else GUESS_NUMBER_TASK
+    tool_calls = []
+    trainer = make_tool_trainer(trainer_id, setting, tmp_path, byte_model_dir, column, task, tool_calls)
+    seen = spy_build_rollout(trainer)
+    before = snapshot(trainer)
+    trainer.train()
+
+    assert tool_calls, "the tool was never called"
+    out, rollout = seen[0]
+    completion_mask, tool_mask = out["completion_mask"], out["tool_mask"]
+    holes = completion_mask.bool() & ~tool_mask.bool()
+    assert holes.any(), "no tool output inside a completion"
+    # The tokens the policy chose are exactly the completion tokens outside the tool outputs.
+    assert torch.equal(rollout.completion_mask.bool(), completion_mask.bool() & tool_mask.bool())
+    advantages = out["advantages"]  # what the pipeline wrote into TRL's batch
+    if advantages.dim() == 2:  # per-token advantages: none on a tool-output token
+        assert advantages[holes].abs().sum() == 0
+        assert advantages[rollout.completion_mask.bool()].abs().sum() > 0
+    if "returns" in out:  # PPO-max: no value target on a tool-output token
+        assert out["returns"][holes].abs().sum() == 0
+    logs = assert_trained(trainer, setting, before)
+    assert logs["tools/call_frequency"] > 0
+    if column == "environment_factory":
+        assert any(env.guesses for env in trainer.environments)

@@ -1,4 +1,5 @@
-"""Tiny-model kit: a local word-level tokenizer, tiny random Llama models and learnable synthetic RL tasks.
+"""Tiny-model kit: local tokenizers (word-level, and byte-level for tool calls), tiny random Llama models, learnable
+synthetic RL tasks and tool-use tasks (a calculator tool, a guess-the-number environment).
 
 Everything is built locally (nothing is downloaded), small enough to train with TRL on a CPU in seconds::
 
@@ -14,6 +15,8 @@ Everything is built locally (nothing is downloaded), small enough to train with 
         trainer.train()
 """
 
+from trl_basics.kit.byte_model import save_tiny_byte_model
+from trl_basics.kit.byte_tokenizer import build_byte_tokenizer, load_tool_chat_template
 from trl_basics.kit.model import (
     build_tiny_model,
     build_tiny_reward_model,
@@ -43,22 +46,41 @@ from trl_basics.kit.tasks import (
     token_kind_reward,
 )
 from trl_basics.kit.tokenizer import CHAT_TEMPLATE, DEFAULT_VOCAB, SPECIAL_TOKENS, build_tokenizer
+from trl_basics.kit.tool_rollout import opening_call_rollout
+from trl_basics.kit.tool_tasks import (
+    GUESS_NUMBER_TASK,
+    MULTIPLY_TOOL_TASK,
+    TOOL_TASKS,
+    GuessNumberEnvironment,
+    ToolTask,
+    guess_number_reward,
+    multiply,
+    multiply_reward,
+    tool_call_reward,
+    tool_corpus,
+)
 
 __all__ = [
     "CHAT_TEMPLATE",
     "CPU_RL_KWARGS",
     "DEFAULT_VOCAB",
     "EXACT_LENGTH",
+    "GUESS_NUMBER_TASK",
+    "MULTIPLY_TOOL_TASK",
     "SPECIAL_TOKENS",
     "TARGET_LETTER",
     "TASKS",
     "TASK_RL_KWARGS",
     "TOKEN_KIND",
+    "TOOL_TASKS",
     "ExactLengthTask",
+    "GuessNumberEnvironment",
     "RewardFunc",
     "SyntheticTask",
     "TargetLetterTask",
     "TokenKindTask",
+    "ToolTask",
+    "build_byte_tokenizer",
     "build_tiny_model",
     "build_tiny_reward_model",
     "build_tiny_value_model",
@@ -66,14 +88,22 @@ __all__ = [
     "completion_text",
     "exact_length_reward",
     "get_task",
+    "guess_number_reward",
     "limit_torch_threads",
     "load_tiny_model",
+    "load_tool_chat_template",
+    "multiply",
+    "multiply_reward",
+    "opening_call_rollout",
     "prompt_text",
     "recommended_rl_kwargs",
+    "save_tiny_byte_model",
     "save_tiny_model",
     "save_tiny_reward_model",
     "split_words",
     "target_letter_reward",
     "tiny_llama_config",
     "token_kind_reward",
+    "tool_call_reward",
+    "tool_corpus",
 ]
