@@ -6,7 +6,9 @@ from .advantages import (
     discounted_returns,
     gae_advantages,
     group_mean_advantages,
+    interior_holes,
     moving_average_advantages,
+    next_active_index,
     rloo_advantages,
 )
 from .controllers import AdaptiveKLController, FixedKLController
@@ -50,6 +52,7 @@ __all__ = [
     "explained_variance",
     "gae_advantages",
     "group_mean_advantages",
+    "interior_holes",
     "kl_estimate",
     "kl_importance_weights",
     "kl_k1",
@@ -65,6 +68,7 @@ __all__ = [
     "masked_sum",
     "masked_whiten",
     "moving_average_advantages",
+    "next_active_index",
     "normalize_rewards",
     "outcome_token_rewards",
     "rloo_advantages",
