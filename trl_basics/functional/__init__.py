@@ -8,7 +8,6 @@ from .advantages import (
     group_mean_advantages,
     interior_holes,
     moving_average_advantages,
-    next_active_index,
     rloo_advantages,
 )
 from .controllers import AdaptiveKLController, FixedKLController
@@ -68,7 +67,6 @@ __all__ = [
     "masked_sum",
     "masked_whiten",
     "moving_average_advantages",
-    "next_active_index",
     "normalize_rewards",
     "outcome_token_rewards",
     "rloo_advantages",

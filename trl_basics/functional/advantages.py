@@ -7,7 +7,8 @@ active positions and outputs there are 0. Sequence-level functions take (N,) rew
 Holes: a masked position between two active tokens of a row (a tool output inside a completion) is transparent in
 every token-level function here. The policy's tokens on either side are consecutive actions: a hole spends no
 discount (γ, γλ), carries no reward and no value, and does not reset the reward-to-go. :func:`discounted_cumsum` is
-the one place this rule is implemented (:func:`next_active_index` gives GAE its bootstrap value).
+the one place this rule is implemented (a stable gather of each row's tokens, the scan, a scatter back);
+:func:`gae_advantages` uses the same compaction so that V_{t+1} is the next policy token's value.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ __all__ = [
     "group_mean_advantages",
     "interior_holes",
     "moving_average_advantages",
-    "next_active_index",
     "rloo_advantages",
 ]
 
@@ -43,15 +43,12 @@ def interior_holes(mask: Tensor) -> Tensor:
     return ~active & seen_before & seen_after
 
 
-def next_active_index(mask: Tensor) -> Tensor:
-    """For every position t, the index of the first active position after t (skipping holes), or T past the last
-    active token. Returns a (B, T) int64 tensor; for a right-padded mask it is t + 1 up to the last active token."""
-    active = as_bool_mask(mask, mask)
-    length = active.shape[-1]
-    positions = torch.arange(length, device=active.device).expand(active.shape)
-    at_or_after = torch.where(active, positions, length).flip(-1).cummin(-1).values.flip(-1)
-    past_end = torch.full_like(at_or_after[..., :1], length)
-    return torch.cat([at_or_after[..., 1:], past_end], dim=-1)
+def _compaction_order(active: Tensor, padding_too: bool = False) -> Tensor:
+    """Stable permutation of each row that moves its interior holes (with ``padding_too``, every masked position)
+    behind its active tokens, which keep their order and become contiguous. The identity for a row with nothing to
+    move, so hole-free rows are computed exactly as without it. Undo with ``scatter(-1, order, packed)``."""
+    moved = ~active if padding_too else interior_holes(active)
+    return torch.argsort(moved.to(torch.int8), dim=-1, stable=True)
 
 
 def _reverse_scan(x0: Tensor, discount: float, chunk_size: int) -> Tensor:
@@ -111,8 +108,7 @@ def discounted_cumsum(x: Tensor, mask: Tensor, discount: float, chunk_size: int 
         # Zeros at holes add exactly nothing to a plain reverse cumsum: holes are transparent already.
         y = _reverse_scan(x0, discount, chunk_size)
     else:
-        # Stable: the tokens keep their order and become contiguous; holes follow the last token.
-        order = torch.argsort(interior_holes(active).to(torch.int8), dim=-1, stable=True)
+        order = _compaction_order(active)
         packed = _reverse_scan(x0.gather(-1, order), discount, chunk_size)
         y = torch.zeros_like(packed).scatter(-1, order, packed)
     return torch.where(active, y, 0.0).to(float_dtype(x))
@@ -143,7 +139,7 @@ def gae_advantages(
     returns R_t = A_t + V_t (the critic's regression target).
 
     Masked positions inside a completion (tool outputs, which the policy did not choose) are transparent: "t + 1" is
-    the next *active* token (:func:`next_active_index`), so a hole neither bootstraps from a value, carries a reward,
+    the next *active* token (the rows are compacted as in :func:`discounted_cumsum`), so a hole neither bootstraps from a value, carries a reward,
     nor spends a factor of γλ (verl's GAE does the same); the critic's targets R_t are 0 there. For right-padded
     masks this is the plain recursion.
 
@@ -154,13 +150,17 @@ def gae_advantages(
     _check_unit_interval("lam", lam)
     active = as_bool_mask(mask, values)
     wd = work_dtype(values)
-    v = torch.where(active, values.to(wd), 0.0)
-    r = torch.where(active, token_rewards.to(wd), 0.0)
-    # V_{next(t)}: the value of the next active token, skipping holes; 0 past the last one.
-    v_padded = torch.cat([v, torch.zeros_like(v[..., :1])], dim=-1)
-    v_next = v_padded.gather(-1, next_active_index(active))
+    # The same compaction as discounted_cumsum's, padding included: each row's active tokens move to the front in
+    # order, so "t + 1" is the next active token and every hole becomes right padding.
+    order = _compaction_order(active, padding_too=True)
+    packed_active = active.gather(-1, order)
+    v = torch.where(packed_active, values.to(wd).gather(-1, order), 0.0)
+    r = torch.where(packed_active, token_rewards.to(wd).gather(-1, order), 0.0)
+    # Padding values were zeroed above, so the shifted tensor already bootstraps with 0 past the last token.
+    v_next = torch.cat([v[..., 1:], torch.zeros_like(v[..., :1])], dim=-1)
     deltas = r + gamma * v_next - v
-    advantages = discounted_cumsum(deltas, active, gamma * lam)  # holes spend no γλ (transparent)
+    packed_advantages = discounted_cumsum(deltas, packed_active, gamma * lam)
+    advantages = torch.zeros_like(packed_advantages).scatter(-1, order, packed_advantages)
     returns = torch.where(active, advantages + values.to(wd), 0.0)
     out_dtype = float_dtype(values)
     return advantages.to(out_dtype), returns.to(out_dtype)
