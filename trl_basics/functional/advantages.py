@@ -139,9 +139,9 @@ def gae_advantages(
     returns R_t = A_t + V_t (the critic's regression target).
 
     Masked positions inside a completion (tool outputs, which the policy did not choose) are transparent: "t + 1" is
-    the next *active* token (the rows are compacted as in :func:`discounted_cumsum`), so a hole neither bootstraps from a value, carries a reward,
-    nor spends a factor of γλ (verl's GAE does the same); the critic's targets R_t are 0 there. For right-padded
-    masks this is the plain recursion.
+    the next *active* token (each row is compacted as in :func:`discounted_cumsum`), so a hole neither bootstraps
+    from a value, carries a reward, nor spends a factor of γλ (verl's GAE does the same); the critic's targets R_t
+    are 0 there. For right-padded masks this is the plain recursion.
 
     Returns:
         (advantages, returns), both (B, T) and 0 at masked positions.
