@@ -27,12 +27,13 @@ FAST = settings(max_examples=50, deadline=None)
 
 
 def _naive_discounted_cumsum(x: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
-    """Reference: the textbook backward recursion y_t = x_t + discount * y_{t+1}, one token at a time."""
+    """Reference: the textbook backward recursion y_t = x_t + discount * y_{next(t)}, one token at a time; a masked
+    position carries the running sum over unchanged (a hole is transparent)."""
     x = torch.where(mask.bool(), x, 0.0)
     y = torch.zeros_like(x)
     running = torch.zeros_like(x[..., 0])
     for t in range(x.shape[-1] - 1, -1, -1):
-        running = x[..., t] + discount * running
+        running = torch.where(mask[..., t].bool(), x[..., t] + discount * running, running)
         y[..., t] = running
     return torch.where(mask.bool(), y, 0.0)
 

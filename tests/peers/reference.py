@@ -5,6 +5,8 @@ tests can check trl_basics against it. Nothing here is imported by trl_basics. T
 
 - OpenRLHF/OpenRLHF @ 3c3be6234e0cb353e76bb8019947db9dfe99fca7
 - volcengine/verl @ b178a3cd56f58b2d502255daba591e92833930a7
+- verl-project/verl @ 1dda039b9c6311889a9c9a26040677e1254814f9 (the same repository, renamed; REINFORCE++'s returns
+  over holes in the mask changed since b178a3c, every other function re-stated here is unchanged)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import Tensor
 
 OPENRLHF = "OpenRLHF/OpenRLHF@3c3be6234e0cb353e76bb8019947db9dfe99fca7"
 VERL = "volcengine/verl@b178a3cd56f58b2d502255daba591e92833930a7"
+VERL_CURRENT = "verl-project/verl@1dda039b9c6311889a9c9a26040677e1254814f9"
 
 
 # --- OpenRLHF ---------------------------------------------------------------------------------------------------
@@ -49,7 +52,8 @@ def openrlhf_token_rewards(r: Tensor, kl_coef: float, kl: Tensor, mask: Tensor, 
 
 
 # OpenRLHF/OpenRLHF, openrlhf/trainer/ppo_utils/experience_maker.py, get_cumulative_returns, @3c3be62.
-# Masked rewards, G_t = r_t + γ G_{t+1} over every position (holes carry the running sum on, discounted).
+# Masked rewards, G_t = r_t + γ G_{t+1} over every position: a hole carries the running sum on but spends a factor γ
+# per masked position (equal to a transparent hole only at γ = 1).
 def openrlhf_cumulative_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
     rewards = rewards * mask
     out = torch.zeros_like(rewards)
@@ -62,6 +66,8 @@ def openrlhf_cumulative_returns(rewards: Tensor, mask: Tensor, gamma: float) -> 
 
 # OpenRLHF/OpenRLHF, openrlhf/trainer/ppo_utils/experience_maker.py, get_advantages_and_returns, @3c3be62.
 # Values and rewards masked to 0; δ_t = r_t + γ V_{t+1} - V_t (V past the end = 0); A_t = δ_t + γλ A_{t+1}; R = A + V.
+# Over a hole the recursion runs on with V = r = 0 there: the token before a hole bootstraps from 0, the hole adds
+# δ = γ V_next and spends γλ per masked position.
 def openrlhf_gae(values: Tensor, rewards: Tensor, mask: Tensor, gamma: float, lambd: float) -> tuple[Tensor, Tensor]:
     values = values * mask
     rewards = rewards * mask
@@ -116,11 +122,12 @@ def openrlhf_advantages(
     clip_range=None,
     dtype=torch.float32,
     whiten: bool = True,
+    gamma: float = 1.0,
 ) -> Tensor:
     kl = torch.zeros_like(logp, dtype=dtype) if kl_use_loss else openrlhf_approx_kl(logp, ref, kl_estimator, dtype)
     shaped = openrlhf_shape_rewards(rewards.to(dtype).reshape(-1, k), estimator).reshape(-1)
     token_rewards = openrlhf_token_rewards(shaped, kl_coef, kl, mask, clip_range)
-    advantages = openrlhf_cumulative_returns(token_rewards, mask, 1.0)
+    advantages = openrlhf_cumulative_returns(token_rewards, mask, gamma)
     if whiten and estimator in ("reinforce", "reinforce_baseline"):
         advantages = openrlhf_whiten(advantages, mask, dtype=dtype)
     return advantages
@@ -203,16 +210,29 @@ def verl_scores(r: Tensor, mask: Tensor) -> Tensor:
     return out
 
 
-# volcengine/verl, verl/trainer/ppo/core_algos.py, compute_reinforce_plus_plus_outcome_advantage, @b178a3c.
-# G_t = r_t + γ G_{t+1}, the running sum reset to 0 at every masked position; advantages = whiten(G) · mask.
+# verl-project/verl, verl/trainer/ppo/core_algos.py, compute_reinforce_plus_plus_outcome_advantage, @1dda039.
+# G_t = r_t + γ G_{next active}: at a masked position the running sum is carried over unchanged (no γ, no reward) and
+# the return there is 0; advantages = whiten(G) · mask.
 def verl_reinforce_pp(token_rewards: Tensor, mask: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    returns = torch.zeros_like(token_rewards)
+    running = torch.zeros(token_rewards.shape[0], dtype=token_rewards.dtype)
+    for t in range(token_rewards.shape[1] - 1, -1, -1):
+        candidate = token_rewards[:, t] + gamma * running
+        returns[:, t] = candidate * mask[:, t]
+        running = candidate * mask[:, t] + running * (1 - mask[:, t])
+    return verl_masked_whiten(returns, mask) * mask, returns
+
+
+# volcengine/verl, verl/trainer/ppo/core_algos.py, compute_reinforce_plus_plus_outcome_advantage, @b178a3c (before
+# the change above). G_t = r_t + γ G_{t+1}, the running sum reset to 0 at every masked position.
+def verl_reinforce_pp_b178a3c(token_rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
     returns = torch.zeros_like(token_rewards)
     running = torch.zeros(token_rewards.shape[0], dtype=token_rewards.dtype)
     for t in range(token_rewards.shape[1] - 1, -1, -1):
         running = token_rewards[:, t] + gamma * running
         returns[:, t] = running
         running = running * mask[:, t]
-    return verl_masked_whiten(returns, mask) * mask, returns
+    return returns
 
 
 def _groups(index: list[int]) -> dict[int, list[int]]:
@@ -246,7 +266,7 @@ def verl_rloo(token_rewards: Tensor, mask: Tensor, index: list[int]) -> Tensor:
     return out.unsqueeze(-1) * mask
 
 
-# volcengine/verl, verl/trainer/ppo/core_algos.py, compute_gae_advantage_return, @b178a3c.
+# volcengine/verl, verl/trainer/ppo/core_algos.py, compute_gae_advantage_return, @b178a3c (unchanged @1dda039).
 # Backwards over positions: δ_t = r_t + γ V_next - V_t, A = δ_t + γλ A_next; at masked positions V_next and A_next
 # are carried through unchanged (observation tokens are skipped). R = A + V; the advantages are whitened.
 def verl_gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float):

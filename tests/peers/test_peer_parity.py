@@ -25,11 +25,15 @@ relation instead of skipping the comparison):
 - GROUPS_OF_ONE: verl keeps the raw score for a prompt with a single sample (its group mean is taken as 0), in
   RLOO and REINFORCE++-baseline; OpenRLHF's group mean gives 0 (RLOO divides by zero); trl_basics' group mean gives
   0 and its RLOO refuses k < 2 (the config refuses ``baseline="group"`` with one generation).
-- HOLES: with interior holes in the mask (tool outputs), verl resets the return at every masked position and its
-  GAE skips masked positions (V and A carried over them); OpenRLHF's GAE runs over the holes with V = r = 0 there;
-  trl_basics carries returns over holes (like OpenRLHF) and its GAE skips holes (like verl), so GAE over holes
-  equals verl's and differs from OpenRLHF's. For right-padded masks (every TRL completion without tools) all three
-  agree.
+- HOLES: with interior holes in the mask (tool outputs), trl_basics treats a hole as transparent in every estimator:
+  the tokens on either side are consecutive steps (no γ or γλ spent, no reward, value, KL or whitening weight at the
+  hole), i.e. the result equals that of the completion with the hole deleted (test_peer_holes.py).
+  verl (@1dda039) does the same in REINFORCE++'s returns and in GAE (V and A carried over masked positions); its
+  older REINFORCE++ (@b178a3c) reset the return at every masked position. OpenRLHF runs its returns and its GAE over
+  every position with r = V = 0 at holes: a factor γ (γλ) per masked position, and GAE bootstraps the token before a
+  hole from V = 0 and adds the hole's δ = γ V_next. OpenRLHF equals trl_basics with each hole counted as a
+  zero-reward, zero-value token; its returns agree with trl_basics at γ = 1, its GAE at γ = λ = 1. For right-padded
+  masks (every TRL completion without tools) all three agree.
 - KL_CONTROLLER_INPUT: the adaptive-β update is the same formula, but both peers feed it the batch mean of the
   per-sequence *token-mean* KL; trl_basics feeds the per-sequence *sum* (Ziegler et al. 2019, TRL's PPO), so the
   same ``kl_target`` means a KL per completion, not per token.
@@ -54,6 +58,7 @@ from trl_basics.functional import (
     discounted_returns,
     gae_advantages,
     group_mean_advantages,
+    interior_holes,
     kl_estimate,
     kl_token_penalty,
     masked_whiten,
@@ -151,6 +156,11 @@ def on_active(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x[mask.bool()]
 
 
+def has_holes(mask: torch.Tensor) -> bool:
+    """Whether some row has a masked position between two active ones."""
+    return bool(interior_holes(mask).any())
+
+
 def population_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     n = mask.sum()
     mean = (x * mask).sum() / n
@@ -227,20 +237,31 @@ def test_returns() -> None:
         mask = b["mask"]
         token_rewards = torch.randn(mask.shape, generator=b["gen"], dtype=F64)
         ours = discounted_returns(token_rewards, mask, gamma)
-        close("returns_openrlhf", on_active(ours, mask),
-              on_active(ref.openrlhf_cumulative_returns(token_rewards, mask, gamma), mask))  # fmt: skip
-        if seed % 2 == 0:  # HOLES: verl resets at every masked position
-            _, peer = ref.verl_reinforce_pp(token_rewards, mask, gamma)
-            close("returns_verl", on_active(ours, mask), on_active(peer, mask))
+        _, peer = ref.verl_reinforce_pp(token_rewards, mask, gamma)
+        close("returns_verl", on_active(ours, mask), on_active(peer, mask))
+        openrlhf = ref.openrlhf_cumulative_returns(token_rewards, mask, gamma)
+        if gamma == 1.0 or not has_holes(mask):
+            close("returns_openrlhf", on_active(ours, mask), on_active(openrlhf, mask))
+        else:  # HOLES: OpenRLHF counts each hole as a zero-reward token, spending γ there
+            as_tokens = discounted_returns(token_rewards * mask, torch.ones_like(mask), gamma)
+            close("returns_openrlhf_holes_as_tokens", on_active(as_tokens, mask), on_active(openrlhf, mask))
+            assert not torch.allclose(on_active(ours, mask), on_active(openrlhf, mask))
 
 
 def test_returns_over_holes_are_an_accepted_difference() -> None:
-    """HOLES: a reward after a hole reaches the tokens before it in trl_basics and OpenRLHF, not in verl."""
+    """HOLES, by hand: mask [1, 0, 1], reward 1 at the last token, γ = 0.5. trl_basics and verl @1dda039 spend one
+    γ from token 0 to token 2 (the hole is skipped): G_0 = 0.5. OpenRLHF spends γ at the hole too: G_0 = 0.5² = 0.25.
+    verl @b178a3c reset the return at the hole: G_0 = 0. At γ = 1 all but the old verl give G_0 = 1."""
     mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=F64)
     rewards = torch.tensor([[0.0, 0.0, 1.0]], dtype=F64)
+    assert discounted_returns(rewards, mask, 0.5).tolist() == [[0.5, 0.0, 1.0]]
+    assert ref.verl_reinforce_pp(rewards, mask, 0.5)[1].tolist() == [[0.5, 0.0, 1.0]]
+    assert ref.openrlhf_cumulative_returns(rewards, mask, 0.5)[0, 0].item() == 0.25
+    assert ref.verl_reinforce_pp_b178a3c(rewards, mask, 0.5)[0, 0].item() == 0.0
     assert discounted_returns(rewards, mask, 1.0)[0, 0].item() == 1.0
     assert ref.openrlhf_cumulative_returns(rewards, mask, 1.0)[0, 0].item() == 1.0
-    assert ref.verl_reinforce_pp(rewards, mask, 1.0)[1][0, 0].item() == 0.0
+    assert ref.verl_reinforce_pp(rewards, mask, 1.0)[1][0, 0].item() == 1.0
+    assert ref.verl_reinforce_pp_b178a3c(rewards, mask, 1.0)[0, 0].item() == 0.0
 
 
 def test_gae() -> None:
@@ -275,6 +296,12 @@ def test_gae_over_holes_is_verls_and_differs_from_openrlhf() -> None:
         _, peer_ret, raw = ref.verl_gae(token_rewards, values, mask, gamma, lam)
         close("gae_holes_verl", on_active(adv, mask), on_active(raw, mask), atol=1e-12, rtol=1e-12)
         close("gae_holes_returns_verl", on_active(ret, mask), on_active(peer_ret, mask), atol=1e-12, rtol=1e-12)
+        # OpenRLHF = trl_basics with every hole counted as a token with r = V = 0.
+        peer_adv, peer_ret = ref.openrlhf_gae(values, token_rewards, mask, gamma, lam)
+        ones = torch.ones_like(mask)
+        as_tokens, as_tokens_ret = gae_advantages(token_rewards * mask, values * mask, ones, gamma, lam)
+        close("gae_holes_openrlhf_holes_as_tokens", on_active(as_tokens, mask), on_active(peer_adv, mask))
+        close("gae_holes_openrlhf_holes_as_tokens", on_active(as_tokens_ret, mask), on_active(peer_ret, mask))
     mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=F64)
     values = torch.tensor([[0.5, 0.0, 1.0]], dtype=F64)
     rewards = torch.tensor([[0.0, 0.0, 2.0]], dtype=F64)
@@ -348,7 +375,7 @@ def test_reinforce_pp_matches_openrlhf_reinforce() -> None:
 
 def test_reinforce_pp_matches_verl_up_to_the_unbiased_variance() -> None:
     for seed in SEEDS:
-        b = random_batch(seed)  # HOLES: verl resets returns at holes
+        b = random_batch(seed, holes=seed % 2 == 1)
         mask = b["mask"]
         if mask.sum() < 2:  # verl refuses to whiten a single token
             continue
@@ -400,7 +427,7 @@ def test_reinforce_pp_baseline_matches_verl(flags, kl_in_score) -> None:
     """RPP_BASELINE_KL: verl's KL in the reward is summed into the score, i.e. trl_basics' 'sequence_reward'."""
     for seed in SEEDS:
         k = 2 + seed % 7
-        b = random_batch(seed, k=k)
+        b = random_batch(seed, k=k, holes=seed % 2 == 1)
         mask = b["mask"]
         out = rpp_pipeline(**flags).process(rollout_of(b), TrickContext())
         scores = ref.verl_scores(b["rewards"], mask)

@@ -6,6 +6,7 @@ from .advantages import (
     discounted_returns,
     gae_advantages,
     group_mean_advantages,
+    interior_holes,
     moving_average_advantages,
     rloo_advantages,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "explained_variance",
     "gae_advantages",
     "group_mean_advantages",
+    "interior_holes",
     "kl_estimate",
     "kl_importance_weights",
     "kl_k1",

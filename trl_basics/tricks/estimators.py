@@ -76,7 +76,8 @@ def token_level_estimator(estimator: AdvantageEstimator | None) -> AdvantageEsti
 
 
 def token_level_returns(outcome: Tensor, rollout: Rollout, gamma: float) -> Tensor:
-    """Rewards-to-go of (outcome at the last token + dense per-token rewards), REINFORCE++ Eq. 7 (v1)."""
+    """Rewards-to-go of (outcome at the last token + dense per-token rewards), REINFORCE++ Eq. 7 (v1). The outcome
+    sits on the last active token, and holes in the mask (tool outputs) are transparent (``discounted_returns``)."""
     if rollout.completion_mask is None:
         raise ValueError("token-level advantages need the completion mask; the trainer gave none")
     mask = rollout.completion_mask
