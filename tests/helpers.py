@@ -4,8 +4,11 @@ masked batches."""
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -138,3 +141,14 @@ def one_token_rollout(rewards, log_ratio, num_generations=2):
         logprobs=torch.tensor(log_ratio, dtype=torch.float64).unsqueeze(1),
         ref_logprobs=torch.zeros(n, 1, dtype=torch.float64),
     )
+
+
+def model_with_short_completions(model_dir, tmp_path) -> str:
+    """A copy of the tiny model whose generation also ends at token 46, which it often emits: completions of one
+    batch then hold different numbers of tokens."""
+    target = Path(tmp_path) / "model"
+    shutil.copytree(model_dir, target)
+    config = json.loads((target / "generation_config.json").read_text())
+    config["eos_token_id"] = [config["eos_token_id"], 46]
+    (target / "generation_config.json").write_text(json.dumps(config))
+    return str(target)

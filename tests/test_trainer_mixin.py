@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import cpu_kwargs
+from helpers import cpu_kwargs, logged, model_with_short_completions
 
 from trl_basics import (
     ReinforcePlusPlusConfig,
@@ -37,7 +37,8 @@ class ThirdPartyKL(Trick):
         mask = inputs.completion_mask.to(inputs.logprobs.dtype)
         if inputs.ref_logprobs is None:
             raise AssertionError("the trainer did not give the reference log-probs this trick declared it needs")
-        return kl_loss(kl_k2(inputs.logprobs, inputs.ref_logprobs) * mask, mask, COEF)
+        kl = kl_k2(inputs.logprobs, inputs.ref_logprobs) * mask
+        return kl_loss(kl, mask, COEF, normalizer=inputs.token_normalizer)
 
 
 class Plugin:
@@ -99,3 +100,58 @@ def test_a_third_party_kl_term_gets_what_the_builtin_gets(name, tmp_path, tiny_m
     plugin_kl = plugin_metrics["eval_tricks/third_party_kl/loss"]
     assert plugin_kl > 0 and plugin_kl == pytest.approx(builtin_kl, rel=1e-5)
     assert plugin_metrics["eval_loss"] == pytest.approx(builtin_metrics["eval_loss"], rel=1e-5, abs=1e-7)
+
+
+# --- loss-stage terms over the accumulation window ------------------------------------------------------------------
+
+WINDOW = 8  # completions per optimizer step
+# KL in the loss (k1 weighted by π_θ/π_old has a gradient at the first step, where π_θ = π_ref) and the entropy bonus
+LOSS_TRICKS = {
+    "kl_coef": 0.5,
+    "kl_placement": "loss",
+    "kl_estimator": "k1",
+    "use_bias_correction_kl": True,
+    "entropy_bonus_coef": 0.1,
+}
+
+
+def _first_policy_grad_norm(tmp_path, model_dir, task, dataset, accumulation, **flags):
+    config = ReinforcePlusPlusConfig(
+        **cpu_kwargs(
+            tmp_path / f"ga{accumulation}",
+            per_device_train_batch_size=WINDOW // accumulation,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            max_completion_length=6,
+            loss_type="dapo",
+        ),
+        **flags,
+    )
+    trainer = ReinforcePlusPlusTrainer(
+        model=model_dir, reward_funcs=task.reward_func, args=config, train_dataset=dataset
+    )
+    trainer.train()
+    # The window's completions hold different numbers of tokens, so the split into micro-batches could matter.
+    assert logged(trainer, "completions/min_length")[0] < logged(trainer, "completions/max_length")[0]
+    return logged(trainer, "grad_norm")[0]
+
+
+@pytest.mark.slow
+def test_loss_stage_terms_are_token_means_over_the_accumulation_window(
+    tmp_path, tiny_model_dir, task, dataset, monkeypatch
+):
+    """1, 2 or 4 accumulated micro-batches give the update of one batch of the whole window, with KL in the loss and
+    the entropy bonus on (the ``dapo`` policy loss is window-normalised by TRL)."""
+    tiny_model_dir = model_with_short_completions(tiny_model_dir, tmp_path)
+    norms = {ga: _first_policy_grad_norm(tmp_path, tiny_model_dir, task, dataset, ga, **LOSS_TRICKS) for ga in (1, 2, 4)}
+    for ga in (2, 4):
+        assert norms[ga] == pytest.approx(norms[1], rel=1e-5), norms
+
+    # The terms matter here: without them the update is different ...
+    plain = _first_policy_grad_norm(tmp_path / "plain", tiny_model_dir, task, dataset, 1, kl_coef=None)
+    assert plain != pytest.approx(norms[1], rel=1e-3)
+    # ... and each micro-batch as its own token mean (the rule without the window's count) changes it: the test can
+    # tell the two rules apart.
+    monkeypatch.setattr(ReinforcePlusPlusTrainer, "loss_token_normalizer", lambda self, inputs: None)
+    per_micro_batch = _first_policy_grad_norm(tmp_path / "off", tiny_model_dir, task, dataset, 4, **LOSS_TRICKS)
+    assert per_micro_batch != pytest.approx(norms[1], rel=1e-4), (per_micro_batch, norms)

@@ -254,6 +254,7 @@ class TrickTrainerMixin(TRLSeams):
             # Perplexity of the sampled completions under the current policy: exp(-mean log-prob per token).
             stats = ctx.reduce_sum(torch.stack([(per_token_logps * mask).sum(), mask.sum().float()]))
             ctx.log(PERPLEXITY, torch.exp(-stats[0] / stats[1].clamp(min=1.0)))
+        normalizer = self.loss_token_normalizer(inputs)
         extra = self.trick_pipeline.loss(
             LossInputs(
                 logprobs=per_token_logps,
@@ -261,14 +262,28 @@ class TrickTrainerMixin(TRLSeams):
                 ref_logprobs=inputs.get("ref_per_token_logps"),
                 old_logprobs=inputs.get("old_per_token_logps"),
                 entropies=entropies,
+                token_normalizer=normalizer,
             ),
             ctx,
         )
         if extra is not None:
-            if self.loss_is_scaled_for_ga and self.model.training:
+            training = self.model.training
+            if normalizer is None and training and self.loss_is_scaled_for_ga:
                 extra = extra / self.current_gradient_accumulation_steps  # the parent scales its own loss the same way
+            elif normalizer is not None and not self.loss_is_scaled_for_ga:
+                extra = extra * self.current_gradient_accumulation_steps  # transformers divides the loss afterwards
             loss = loss + extra
         return loss
+
+    def loss_token_normalizer(self, inputs: dict) -> torch.Tensor | None:
+        """The loss-stage tricks' token-mean denominator during training: the active tokens of the accumulation
+        window on every process over the number of processes (DDP averages the gradients), so their terms are token
+        means over the window however it is split into micro-batches and processes. None in evaluation (no
+        accumulation: each batch's own mean) and where the parent gives no token count."""
+        if not (self.model.training and torch.is_grad_enabled()):
+            return None
+        window = self.window_token_count(inputs)
+        return None if window is None else window / self.accelerator.num_processes
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
 

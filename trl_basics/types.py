@@ -118,6 +118,11 @@ class LossInputs:
     ref_logprobs: Tensor | None = None  # (B, T)
     old_logprobs: Tensor | None = None  # (B, T) sampling-policy log-probs
     entropies: Tensor | None = None  # (B, T) per-token entropy of the current policy
+    # The denominator of a token mean over the whole update: during training, the active tokens of the gradient
+    # accumulation window on every process divided by the number of processes. A term Σ_t x_t / token_normalizer
+    # (``functional.window_mean``) then adds up, over the window's micro-batches, to the window's token mean however
+    # the window is split. None (evaluation, or a trainer without the count): the micro-batch's own token mean.
+    token_normalizer: Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,8 @@ def test_kl_loss_is_the_global_token_mean() -> None:
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     assert kl_loss(kl, mask, 0.1).item() == pytest.approx(0.1 * 2.0)
     assert kl_loss(kl, torch.zeros_like(mask), 0.1).item() == 0.0
+    # Over a window of 6 tokens of which this micro-batch holds 3: β · (1 + 2 + 3) / 6.
+    assert kl_loss(kl, mask, 0.1, normalizer=torch.tensor(6.0)).item() == pytest.approx(0.1)
 
 
 @FAST

@@ -18,6 +18,7 @@ from trl_basics.functional import (
     masked_moments,
     masked_sum,
     masked_whiten,
+    window_mean,
 )
 
 NAN = float("nan")
@@ -285,3 +286,24 @@ def test_distributed_whitening_matches_single_process(
     evs = run_in_lockstep(lambda s, reduce_fn: explained_variance(*s, reduce_fn=reduce_fn), ev_shards)
     for ev in evs:
         torch.testing.assert_close(ev, explained_variance(values, x, mask), equal_nan=True)
+
+
+def test_window_mean_exact_values() -> None:
+    x = torch.tensor([[1.0, 2.0, float("nan")], [4.0, float("inf"), 1e30]])  # masked garbage never counts
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # (1 + 2 + 4) over the window's 10 tokens, or over the micro-batch's own 3 without a normaliser.
+    assert window_mean(x, mask, torch.tensor(10.0)).item() == pytest.approx(0.7)
+    assert window_mean(x, mask, 10).item() == pytest.approx(0.7)
+    assert window_mean(x, mask).item() == pytest.approx(7.0 / 3.0)
+    # A normaliser below 1 (an empty window) is clamped, so nothing becomes inf or NaN.
+    assert window_mean(x, torch.zeros_like(mask), torch.tensor(0.0)).item() == 0.0
+
+
+@FAST
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(2, 8), length=st.integers(1, 7), cut=st.integers(1, 7))
+def test_window_means_of_micro_batches_add_up_to_the_window_mean(seed: int, batch: int, length: int, cut: int) -> None:
+    x, mask, _ = random_batch(seed, batch, length)
+    cut = min(cut, batch - 1)
+    window_tokens = mask.sum()
+    parts = [window_mean(x[rows], mask[rows], window_tokens) for rows in (slice(0, cut), slice(cut, None))]
+    torch.testing.assert_close(sum(parts), masked_mean(x, mask))

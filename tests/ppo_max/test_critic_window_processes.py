@@ -1,16 +1,16 @@
-"""The critic's and the (``dapo``) policy's first update are the same on 1 and 2 processes, with 1 or 2 accumulated
-micro-batches: `accelerate launch` on CPU (gloo), greedy decoding so that every run trains on the same completions.
+"""The critic's and the (``dapo``) policy's first update, KL in the loss and entropy bonus included, are the same on 1
+and 2 processes, with 1 or 2 accumulated micro-batches: `accelerate launch` on CPU (gloo), greedy decoding so that every run trains on the same completions.
 
 The tiny model decodes greedily either token 45 or token 46 over and over, depending on the prompt; with 46 an
 end-of-sequence token too, the completions are 1 or 6 tokens long, so micro-batches and ranks hold different
 numbers of tokens."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from distributed.test_two_processes import accelerate_launch  # tests/ is on sys.path
+from helpers import model_with_short_completions
 
 WORKER = Path(__file__).with_name("window_worker.py")
 
@@ -20,15 +20,6 @@ def launch(num_processes, model_dir, out_dir):
     result = accelerate_launch(num_processes, str(WORKER), model_dir, str(out_dir / str(num_processes)), str(report))
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(report.read_text())
-
-
-def model_with_short_completions(model_dir, tmp_path) -> str:
-    target = tmp_path / "model"
-    shutil.copytree(model_dir, target)
-    config = json.loads((target / "generation_config.json").read_text())
-    config["eos_token_id"] = [config["eos_token_id"], 46]
-    (target / "generation_config.json").write_text(json.dumps(config))
-    return str(target)
 
 
 @pytest.mark.slow
@@ -43,3 +34,6 @@ def test_the_first_update_does_not_depend_on_processes_or_micro_batches(tmp_path
     # The rule without the window's count (each micro-batch its own token mean) differs on 2 processes: the ranks'
     # micro-batches hold different numbers of tokens.
     assert two["2_per_micro_batch"]["critic"] != pytest.approx(reference["critic"], rel=1e-4), two
+    # So does the policy's, through the loss-stage terms (KL in the loss, entropy bonus): TRL's dapo loss keeps its own
+    # window normaliser.
+    assert two["2_per_micro_batch"]["policy"] != pytest.approx(reference["policy"], rel=1e-4), two

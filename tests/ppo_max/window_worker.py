@@ -1,6 +1,6 @@
 """PPO-max's first optimizer step under `accelerate launch`, for gradient accumulation of 1 and 2 micro-batches, with
-greedy decoding (the completions do not depend on how the batch is spread over processes). Rank 0 writes the critic's
-and the policy's gradient norms (before clipping) to a JSON report.
+greedy decoding (the completions do not depend on how the batch is spread over processes), KL in the loss and the
+entropy bonus on. Rank 0 writes the critic's and the policy's gradient norms (before clipping) to a JSON report.
 
     window_worker.py MODEL_DIR OUTPUT_DIR REPORT
 """
@@ -24,6 +24,10 @@ def settings(output_dir, world, accumulation):
         "critic_learning_rate": 3e-3, "num_generations": 1, "max_completion_length": 6, "max_steps": 1, "seed": 0,
         "per_device_train_batch_size": WINDOW // (world * accumulation), "gradient_accumulation_steps": accumulation,
         "loss_type": "dapo", "generation_kwargs": {"do_sample": False},
+        # Loss-stage terms too: KL in the loss (k1 weighted by pi/pi_old has a gradient where pi = pi_ref) and the
+        # entropy bonus, normalised over the window like the dapo loss.
+        "kl_coef": 0.5, "kl_placement": "loss", "kl_estimator": "k1", "use_bias_correction_kl": True,
+        "entropy_bonus_coef": 0.1,
     }  # fmt: skip
 
 
@@ -33,7 +37,7 @@ def first_step(model_dir, output_dir, world, accumulation, window=True):
     trainer = PPOMaxTrainer(
         model=model_dir, reward_funcs=task.reward_func, args=config, train_dataset=task.make_dataset(64, seed=0)
     )
-    if not window:  # each micro-batch as its own token mean: what the window's count changes
+    if not window:  # each micro-batch as its own token mean (critic, loss-stage terms): what the window's count changes
         trainer.window_token_count = lambda inputs: None
     trainer.train()
     history = trainer.state.log_history

@@ -28,3 +28,34 @@ def test_entropy_target_form(registry):
     pipeline = TrickPipeline.from_args(TrickArguments(entropy_bonus_coef=0.01, entropy_bonus_target=3.0), registry)
     inputs = LossInputs(logprobs=torch.zeros(1, 2), completion_mask=torch.ones(1, 2), entropies=torch.ones(1, 2))
     assert pipeline.loss(inputs, TrickContext()).item() == pytest.approx(0.01 * 2.0)
+
+
+def test_loss_terms_over_an_accumulation_window(registry):
+    """With the window's token count as normaliser, the terms are this micro-batch's share of the window's token
+    mean: the KL and the linear entropy bonus divide their sums by it; the target form weighs the micro-batch's own
+    |H̄ - δ| by its share of the window's tokens."""
+    args = TrickArguments(kl_coef=0.5, kl_estimator="k2", kl_placement="loss", entropy_bonus_coef=0.1)
+    pipeline = TrickPipeline.from_args(args, registry)
+    logprobs = torch.tensor([[0.2, -0.4, 5.0]], requires_grad=True)
+    inputs = LossInputs(
+        logprobs=logprobs,
+        completion_mask=torch.tensor([[1.0, 1.0, 0.0]]),
+        ref_logprobs=torch.zeros(1, 3),
+        entropies=torch.tensor([[2.0, 1.0, 100.0]]),
+        token_normalizer=torch.tensor(8.0),
+    )
+    loss = pipeline.loss(inputs, TrickContext())
+    # k2 sum 0.02 + 0.08 = 0.1 over 8 tokens, times β 0.5; entropy: -0.1 · (2 + 1) / 8.
+    assert loss.item() == pytest.approx(0.5 * 0.1 / 8 - 0.1 * 3.0 / 8)
+    loss.backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[0.5 * 0.2 / 8, 0.5 * -0.4 / 8, 0.0]]))
+
+    target = TrickPipeline.from_args(TrickArguments(entropy_bonus_coef=0.01, entropy_bonus_target=3.0), registry)
+    share = LossInputs(
+        logprobs=torch.zeros(1, 2),
+        completion_mask=torch.ones(1, 2),
+        entropies=torch.ones(1, 2),
+        token_normalizer=torch.tensor(8.0),
+    )
+    # |1 - 3| = 2, weighted by 2 of the window's 8 tokens.
+    assert target.loss(share, TrickContext()).item() == pytest.approx(0.01 * 2.0 * 2 / 8)

@@ -34,6 +34,7 @@ from .stats import (
     masked_moments,
     masked_sum,
     masked_whiten,
+    window_mean,
 )
 
 __all__ = [
@@ -72,4 +73,5 @@ __all__ = [
     "rloo_advantages",
     "scale_rewards",
     "sequence_clipped_policy_loss",
+    "window_mean",
 ]

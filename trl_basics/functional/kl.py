@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._utils import ReduceFn, accumulation_dtype, all_reduce_sum, as_bool_mask, float_dtype, work_dtype
-from .stats import masked_mean
+from .stats import window_mean
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -180,17 +180,30 @@ def kl_sequence_penalty(kl: Tensor, mask: Tensor, coef: float) -> Tensor:
     return -coef * torch.where(as_bool_mask(mask, kl), kl, 0.0).sum(dim=-1)
 
 
-def kl_loss(kl: Tensor, mask: Tensor, coef: float, reduce_fn: ReduceFn | None = None) -> Tensor:
-    """KL loss β · Σ_{active t} KL_t / N_global, the global token mean contribution of this process (Hu 2025,
-    REINFORCE++ v9, Eq. 8; GRPO, Shao et al. 2024, DeepSeekMath, Eq. 3).
+def kl_loss(
+    kl: Tensor,
+    mask: Tensor,
+    coef: float,
+    reduce_fn: ReduceFn | None = None,
+    normalizer: Tensor | float | None = None,
+) -> Tensor:
+    """KL loss β · Σ_{active t} KL_t / N, a token mean of the per-token KL (Hu 2025, REINFORCE++ v9, Eq. 8; GRPO,
+    Shao et al. 2024, DeepSeekMath, Eq. 3). The numerator is always this process's (micro-batch's) sum; N is:
 
-    N_global is the active-token count summed over processes with ``reduce_fn`` (one collective); the numerator is
-    LOCAL. Summing the returned losses of all processes therefore gives the global token mean, and an empty local
-    batch contributes 0 instead of NaN. Note that DDP averages gradients over processes, so the trainer multiplies
-    by the number of processes to obtain the gradient of the global mean. N_global is clamped to at least 1.
+    - ``normalizer`` when given: this micro-batch's share of a larger batch's token count, e.g. the active tokens of
+      the whole gradient accumulation window on every process divided by the number of processes
+      (:func:`~trl_basics.functional.stats.window_mean`), so the window's terms add up to its token mean however it
+      is split into micro-batches;
+    - else, with ``reduce_fn``, the active-token count summed over processes (one collective): summing the returned
+      losses of all processes gives the global token mean, and an empty local batch contributes 0 instead of NaN
+      (DDP averages gradients over processes, so the trainer multiplies by the number of processes to obtain the
+      gradient of the global mean);
+    - else the micro-batch's own token count.
+
+    N is clamped to at least 1.
     """
-    if reduce_fn is None:  # one process: the token mean of this micro-batch
-        return coef * masked_mean(kl, mask)
+    if normalizer is not None or reduce_fn is None:
+        return coef * window_mean(kl, mask, normalizer)
     active = as_bool_mask(mask, kl)
     wd = work_dtype(kl)
     local_sum = torch.where(active, kl.to(wd), 0.0).sum()

@@ -92,6 +92,23 @@ def masked_mean(
     return (total / count.clamp(min=1.0)).to(out_dtype)
 
 
+def window_mean(x: Tensor, mask: Tensor, normalizer: Tensor | float | None = None) -> Tensor:
+    """Token mean of ``x`` over its active entries, as a share of a larger batch: Σ_t mask_t · x_t / ``normalizer``.
+
+    ``normalizer`` is this micro-batch's share of the whole batch the mean is taken over, e.g. the active tokens of
+    a gradient accumulation window on every process divided by the number of processes (DDP averages gradients over
+    processes). Summed over the window's micro-batches, and averaged over processes, the terms give the token mean
+    of the whole window, however it is split. ``None`` gives the micro-batch's own token mean (:func:`masked_mean`).
+    A normaliser below 1 is clamped to 1.
+    """
+    if normalizer is None:
+        return masked_mean(x, mask)
+    total = masked_sum(x, mask)
+    if isinstance(normalizer, Tensor):
+        return total / normalizer.to(total.dtype).clamp(min=1.0)
+    return total / max(float(normalizer), 1.0)
+
+
 def masked_moments(
     x: Tensor,
     mask: Tensor | None = None,

@@ -171,8 +171,8 @@ class KLShaping(Trick):
             # use_bias_correction_kl: weight by ρ_t = π_θ/π_old (differentiable), so the sampled tokens estimate the
             # KL of the current policy; without old log-probs the step is on-policy and ρ_t = 1 in value.
             kl = kl * kl_importance_weights(inputs.logprobs, inputs.old_logprobs, mask)
-        # Token mean over this process's micro-batch; DDP averages the gradients over processes.
-        return kl_loss(kl, mask, self.coef)
+        # Token mean over the accumulation window on every process (the micro-batch's own without a normaliser).
+        return kl_loss(kl, mask, self.coef, normalizer=inputs.token_normalizer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict()}

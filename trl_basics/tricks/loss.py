@@ -5,9 +5,10 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from ..functional import masked_mean
+from ..functional import masked_mean, window_mean
 from ..hookspecs import hookimpl
 from ..types import LossInputs, Stage, Trick, TrickContext
 
@@ -37,11 +38,18 @@ class EntropyBonus(Trick):
     def loss(self, inputs: LossInputs, ctx: TrickContext) -> Tensor | None:
         if inputs.entropies is None:
             raise ValueError("entropy_bonus needs per-token entropies in the loss inputs; the trainer gave none")
-        mean_entropy = masked_mean(inputs.entropies, inputs.completion_mask.to(inputs.entropies.dtype))
-        ctx.log("mean_entropy", mean_entropy.detach())
+        mask = inputs.completion_mask.to(inputs.entropies.dtype)
         if self.target is None:
+            # Linear in the entropy: the window's token mean, whatever the split into micro-batches.
+            mean_entropy = window_mean(inputs.entropies, mask, inputs.token_normalizer)
+            ctx.log("mean_entropy", masked_mean(inputs.entropies.detach(), mask))
             return -self.coef * mean_entropy
-        return self.coef * (mean_entropy - self.target).abs()
+        # |H̄ - δ| is not linear in the tokens: each micro-batch's own mean, weighted by its share of the window's
+        # tokens (the weights add up to 1 over the window; 1 without a normaliser).
+        mean_entropy = masked_mean(inputs.entropies, mask)
+        ctx.log("mean_entropy", mean_entropy.detach())
+        share = window_mean(torch.ones_like(mask), mask, inputs.token_normalizer)
+        return self.coef * (mean_entropy - self.target).abs() * share.detach()
 
 
 @hookimpl
