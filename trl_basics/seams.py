@@ -17,6 +17,7 @@ Overrides of private methods (each calls the parent and hands what it saw to a t
                                             rotation transformers would have done; a full disk ends it with
                                             ``checkpoints.DiskFullError``
 ``_load_optimizer_and_scheduler``           → ``load_checkpoint_extras(checkpoint)``
+``_load_from_checkpoint`` (called)          by :meth:`TRLSeams.restore_finished_run`, for a resume at ``max_steps``
 ==========================================  ==========================================================================
 
 Temporary changes of parent state (context managers): :func:`parent_beta`, :func:`single_generation_allowed`,
@@ -224,6 +225,19 @@ class TRLSeams:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             self.load_checkpoint_extras(checkpoint)
+
+    def restore_finished_run(self, checkpoint: str) -> Any:
+        """The end of a run whose newest checkpoint is at ``max_steps``: the checkpoint's weights and trainer state,
+        with no step taken (transformers' ``train`` would take one more, past ``max_steps``). Returns the
+        ``TrainOutput`` of a run that trained no step now; its loss is the finished run's, where it was logged."""
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        self.load_checkpoint_extras(checkpoint)
+        losses = [entry["train_loss"] for entry in self.state.log_history if "train_loss" in entry]
+        return TrainOutput(self.state.global_step, losses[-1] if losses else float("nan"), {})
 
     # --- parent state, changed for a while ----------------------------------------------------------------------------
 

@@ -307,12 +307,33 @@ class TrickTrainerMixin(TRLSeams):
                         f"Cannot resume from {checkpoint}: {'; '.join(problems)}. Resume from an older complete "
                         "checkpoint, or start afresh in a new output_dir."
                     )
+                if checkpoints.run_is_finished(checkpoint, self.args.max_steps):
+                    return self.finish_from(checkpoint)
             return super().train(
                 resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
             )
         finally:
             if lock is not None:
                 lock.release()
+
+    def finish_from(self, checkpoint: str) -> Any:
+        """Resume a run that had already reached ``max_steps`` (e.g. a job requeued after its last save): nothing
+        is trained, the model holds the checkpoint's weights, ready to be saved or evaluated."""
+        step = checkpoints.checkpoint_step(checkpoint)
+        if self.is_deepspeed_enabled:
+            raise checkpoints.CheckpointError(
+                f"Cannot resume from {checkpoint}: it was saved at step {step} and max_steps is "
+                f"{self.args.max_steps}, so that run is finished. Its model is in the checkpoint folder; to train "
+                "longer, raise max_steps."
+            )
+        logger.warning(
+            "%s was saved at step %d and max_steps is %d: the run is finished, so no step is trained; the model now "
+            "holds that checkpoint's weights. To train longer, raise max_steps.",
+            checkpoint,
+            step,
+            self.args.max_steps,
+        )
+        return self.restore_finished_run(checkpoint)
 
     def lock_output_dir(self) -> checkpoints.RunLock | None:
         """The saving process locks ``output_dir`` for the run (``checkpoints/lock.py``); all processes hear a no."""

@@ -23,15 +23,17 @@ class DiskFullError(CheckpointError):
 
 # How writers that do not raise ``OSError`` say it: safetensors (Rust: "No space left on device (os error 28)").
 _MESSAGES = {errno.ENOSPC: ("no space left on device", "storagefull"), errno.EDQUOT: ("disk quota exceeded",)}
-# torch.save's C++ writer says only this; it counts as a full disk when the disk has (almost) no space left.
-_TORCH_WRITE_FAILED = "file write failed"
+# torch.save's C++ writer does not name the cause ("file write failed", "unexpected pos 428800 vs 428692",
+# "basic_ios::clear: iostream error", depending on where the stream broke): a failed save counts as a full disk when
+# the disk holding the checkpoint has (almost) no space left, whatever the writer said.
+_ALMOST_FULL = 2**20
 
 
 def disk_full_cause(err: BaseException | None, folder: str | None = None) -> OSError | None:
     """The ``OSError`` with ``ENOSPC`` or ``EDQUOT`` in ``err`` or in what caused it, else ``None``.
 
-    A writer's own exception that names one of them (safetensors) counts too, and so does ``torch.save``'s "file
-    write failed" when the disk holding ``folder`` has less than 1 MiB free.
+    A writer's own exception that names one of them (safetensors, tokenizers) counts too, and so does any failure of
+    a save into ``folder`` while its disk has less than 1 MiB free (``torch.save``'s C++ writer names no cause).
     """
     seen = set()
     while err is not None and id(err) not in seen:
@@ -42,9 +44,9 @@ def disk_full_cause(err: BaseException | None, folder: str | None = None) -> OSE
         for code, phrases in _MESSAGES.items():
             if any(phrase in text for phrase in phrases):
                 return OSError(code, os.strerror(code))
-        if folder is not None and _TORCH_WRITE_FAILED in text and _free_bytes(folder) < 2**20:
-            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         err = err.__cause__ or err.__context__
+    if folder is not None and seen and _free_bytes(folder) < _ALMOST_FULL:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return None
 
 

@@ -88,8 +88,13 @@ class RunLock:
         self._fd = fd
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         record = f"pid={os.getpid()}\nhost={socket.gethostname()}\nstarted={started}\n".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
+        except OSError:
+            # A full disk cannot take the record; the kernel's lock holds all the same, and a second run is refused
+            # as "starting". The run goes on: its saves say what a full disk means for them.
+            pass
         return self
 
     def release(self) -> None:

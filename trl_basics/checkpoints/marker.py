@@ -167,6 +167,18 @@ def checkpoint_problems(folder: str) -> list[str]:
     return problems
 
 
+def checkpoint_step(folder: str) -> int:
+    """The optimizer step a complete checkpoint was saved at (its completion marker's)."""
+    with open(os.path.join(folder, MARKER_FILE), encoding="utf-8") as f:
+        return int(json.load(f)["global_step"])
+
+
+def run_is_finished(folder: str, max_steps: int) -> bool:
+    """Whether the complete checkpoint ``folder`` was saved at or past ``max_steps`` (> 0): resuming from it has no
+    step left to take."""
+    return max_steps > 0 and checkpoint_step(folder) >= max_steps
+
+
 def find_resumable_checkpoint(output_dir: str) -> str | None:
     """The newest complete checkpoint in ``output_dir``, or ``None``. Logs one line per incomplete one passed over."""
     for name, _ in _checkpoint_dirs(output_dir):
