@@ -49,3 +49,32 @@ def test_a_real_full_disk_at_every_stage_of_a_save(tmp_path, tiny_model_dir):
     # The failures really hit the writers a patched `open` cannot see.
     for name, function in WRITERS.items():
         assert function in writers, (name, writers)
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_a_two_process_run_ends_it_and_resumes(tmp_path, tiny_model_dir):
+    """Process 0 runs out of space saving checkpoint-2 while process 1 waits for it in the save: the run ends (no
+    hang), with the disk-full message, checkpoint-1 intact; resumed with space, both processes finish the run."""
+    from distributed.test_two_processes import free_port  # tests/ is on sys.path
+
+    unshare = shutil.which("unshare")
+    assert unshare, "the test needs util-linux's unshare (a private mount namespace for a small tmpfs)"
+    script, worker = Path(__file__).with_name("full_disk_two_processes.sh"), Path(__file__).with_name("full_disk_worker.py")
+    report, disk = tmp_path / "report", tmp_path / "disk"
+    report.mkdir()
+    command = [unshare, "-rm", "bash", str(script), sys.executable, str(worker), tiny_model_dir, str(disk), str(report)]
+    result = subprocess.run([*command, str(free_port()), str(free_port())], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    first_err = (report / "first.err").read_text()
+    assert (report / "first.rc").read_text().strip() not in ("0", "124"), first_err[-3000:]  # failed, not hung
+    assert (
+        f"DiskFullError: No space left on device while saving checkpoint {disk / 'run' / 'checkpoint-2'} at step 2"
+        in first_err
+    ), first_err[-3000:]
+    assert (report / "after_first.ls").read_text().split() == ["README.md", "checkpoint-1"]
+    assert (report / "resumable").read_text().strip() == str(disk / "run" / "checkpoint-1")
+
+    second_err = (report / "second.err").read_text()
+    assert (report / "second.rc").read_text().strip() == "0", second_err[-3000:]
+    assert "checkpoint-3" in (report / "after_second.ls").read_text().split()
