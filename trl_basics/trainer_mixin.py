@@ -43,7 +43,7 @@ from .metrics import (
 )
 from .pipeline import TrickPipeline
 from .plugins import Registry, get_plugin_manager
-from .seams import TRLSeams, parent_beta
+from .seams import TRLSeams, parent_beta, vllm_http_weight_sync
 from .trainer_setup import bind_trainer_arguments, coerce_config, model_name
 from .types import LossInputs, Requirements, Rollout, TrickContext
 
@@ -87,7 +87,7 @@ class TrickTrainerMixin(TRLSeams):
         self.trick_registry = Registry.from_plugin_manager(pm)
         pipeline = self.build_pipeline(config)
         needs_ref = pipeline.requirements.reference_model and config.beta == 0.0
-        with parent_beta(config, 1.0 if needs_ref else config.beta):
+        with parent_beta(config, 1.0 if needs_ref else config.beta), vllm_http_weight_sync(config):
             self.trl_parent.__init__(self, **arguments)
         self.beta = config.beta
         self.trick_pipeline = pipeline
