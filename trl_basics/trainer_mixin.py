@@ -30,6 +30,7 @@ from .guards import (
     check_prompt_lengths,
     guard_reward_functions,
     guard_reward_tensor,
+    warn_truncated_vllm_sampling,
 )
 from .metrics import (
     GUARD_SKIPPED_STEPS,
@@ -100,6 +101,7 @@ class TrickTrainerMixin(TRLSeams):
     def _install_guards(self) -> None:
         """Checked reward functions, skipped non-finite steps, and prompts that fit the context (see guards.py)."""
         check_padding(self.processing_class)
+        warn_truncated_vllm_sampling(self.args)
         self.reward_funcs = guard_reward_functions(self.reward_funcs)
         self.gradient_guard = NonFiniteGradientGuard(
             on_skip=lambda total: self.metric_log()(GUARD_SKIPPED_STEPS, float(total))
