@@ -136,7 +136,7 @@ _group_results: dict[str, list[dict]] = {}
 
 
 @pytest.fixture
-def group_results(vllm_model, tmp_path_factory):
+def group_results(vllm_model, vllm_server_process, tmp_path_factory):
     def results(name: str) -> list[dict]:
         if name not in _group_results:
             _group_results[name] = run_group(GROUPS[name], vllm_model, tmp_path_factory.mktemp(name))
@@ -167,8 +167,9 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def vllm_server(vllm_model, tmp_path_factory):
-    """A real ``trl vllm-serve`` on a free localhost port, with the HTTP weight receiver; always stopped."""
+def vllm_server_process(vllm_model, tmp_path_factory):
+    """A real ``trl vllm-serve`` on a free localhost port, with the HTTP weight receiver; always stopped. Started by
+    the first colocate test, so that it boots while the colocated runs train."""
     port = free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     command = [
@@ -190,13 +191,8 @@ def vllm_server(vllm_model, tmp_path_factory):
         process = subprocess.Popen(
             command, env=vllm_environment(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
         )
-    url = f"http://127.0.0.1:{port}"
     try:
-        try:
-            wait_healthy(url, process, SERVER_START_S)
-        except (RuntimeError, TimeoutError) as err:
-            pytest.fail(f"{err}; log tail:\n{log.read_text()[-3000:]}")
-        yield url
+        yield process, f"http://127.0.0.1:{port}", log
     finally:
         # The server runs vLLM's engine in child processes: stop the whole session it leads.
         if process.poll() is None:
@@ -206,6 +202,16 @@ def vllm_server(vllm_model, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_server_process):
+    process, url, log = vllm_server_process
+    try:
+        wait_healthy(url, process, SERVER_START_S)
+    except (RuntimeError, TimeoutError) as err:
+        pytest.fail(f"{err}; log tail:\n{log.read_text()[-3000:]}")
+    return url
 
 
 @pytest.fixture(scope="module")

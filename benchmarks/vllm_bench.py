@@ -2,7 +2,7 @@
 trainer against ``trl.GRPOTrainer`` with colocated vLLM, and what truncated sampling (top-k / top-p) does to the
 importance-sampling ratio the trainers see. Run with the vLLM environment (``bash scripts/setup_vllm.sh``)::
 
-    OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/vllm.py --repeats 2 --steps 4 --output /tmp/vllm-bench.json
+    OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/vllm_bench.py --repeats 2 --steps 4 --output /tmp/vllm-bench.json
 
 Every part runs in this one process, in turns:
 
