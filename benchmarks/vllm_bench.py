@@ -68,7 +68,11 @@ def throughput(model_dir: str, repeats: int, tokens: int) -> dict:
         started = time.perf_counter()
         with torch.no_grad():
             generated = model.generate(
-                **batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=True, pad_token_id=tokenizer.pad_token_id
+                **batch,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=True,
+                pad_token_id=tokenizer.pad_token_id,
             )
         made = (generated.shape[1] - batch.input_ids.shape[1]) * generated.shape[0]
         rates["transformers"].append(made / (time.perf_counter() - started))
@@ -76,7 +80,10 @@ def throughput(model_dir: str, repeats: int, tokens: int) -> dict:
     return {
         "tokens_per_s": {name: statistics.median(values) for name, values in rates.items()},
         "samples": rates,
-        "dtype": {"vllm": "bfloat16 (vLLM's default for a float32 checkpoint on CPU, as TRL builds it)", "transformers": "float32"},
+        "dtype": {
+            "vllm": "bfloat16 (vLLM's default for a float32 checkpoint on CPU, as TRL builds it)",
+            "transformers": "float32",
+        },
     }
 
 
@@ -133,10 +140,10 @@ def truncation(model_dir: str, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for trainer_id in ("grpo", "reinforce_pp"):
             for label, sampling in TRUNCATION.items():
-                history = train_once(trainer_id, model_dir, f"{tmp}/{trainer_id}-{label}", steps, sampling, "token_truncate")
-                rows[f"{trainer_id} {label}"] = {
-                    key: statistics.mean(entry[key] for entry in history) for key in keys
-                }
+                history = train_once(
+                    trainer_id, model_dir, f"{tmp}/{trainer_id}-{label}", steps, sampling, "token_truncate"
+                )
+                rows[f"{trainer_id} {label}"] = {key: statistics.mean(entry[key] for entry in history) for key in keys}
     return rows
 
 

@@ -111,7 +111,7 @@ def test_the_http_client_refuses_a_server_without_the_extension():
 
     class Session:
         def post(self, url, json):
-            return types.SimpleNamespace(status_code=404, text="Not Found", json=lambda: {})
+            return types.SimpleNamespace(status_code=404, text="Not Found", json=dict)
 
     client.session = Session()
     with pytest.raises(RuntimeError, match="--worker-extension-cls trl_basics.vllm_cpu.WeightReceiver"):
@@ -121,3 +121,22 @@ def test_the_http_client_refuses_a_server_without_the_extension():
 def test_engine_model_needs_a_colocated_engine():
     with pytest.raises(ValueError, match="colocated vLLM engine"):
         seams.vllm_engine_model(types.SimpleNamespace())
+
+
+def test_trls_vllm_client_still_has_what_the_seam_replaces_and_uses():
+    """Pinned against TRL 1.16: the client class the generation module builds, the three methods replaced, and what
+    the replacement uses (``_post``; the server mode's sync calls ``update_named_params``)."""
+    import inspect
+
+    from trl.generation import vllm_generation
+    from trl.generation.vllm_client import VLLMClient
+
+    assert vllm_generation.VLLMClient is VLLMClient
+    assert list(inspect.signature(VLLMClient.init_communicator).parameters) == ["self", "device"]
+    assert list(inspect.signature(VLLMClient.update_named_params).parameters) == ["self", "metadata", "named_params"]
+    assert list(inspect.signature(VLLMClient.close_communicator).parameters) == ["self"]
+    assert callable(VLLMClient._post)
+    source = inspect.getsource(vllm_generation.VLLMGeneration.sync_weights)
+    assert "self.vllm_client.update_named_params(" in source
+    assert "self.vllm_client.init_communicator(" in inspect.getsource(vllm_generation.VLLMGeneration._init_vllm)
+    assert "driver_worker.model_runner.model" in source  # where the colocated engine's model lives (vllm_engine_model)

@@ -116,5 +116,10 @@ def refresh_cpu_gemm_copies(model: torch.nn.Module) -> None:
     for module in model.modules():
         weight = getattr(module, "weight", None)
         method = getattr(module, "quant_method", None)
-        if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.numel() and method is not None:
+        if (
+            hasattr(module, "cpu_linear")
+            and isinstance(weight, torch.Tensor)
+            and weight.numel()
+            and method is not None
+        ):
             method.process_weights_after_loading(module)

@@ -8,13 +8,13 @@ from trl_basics.guards import warn_truncated_vllm_sampling
 
 
 def settings(**overrides):
-    fields = dict(
-        use_vllm=True,
-        vllm_importance_sampling_correction=True,
-        vllm_importance_sampling_mode="token_truncate",
-        top_k=0,
-        top_p=1.0,
-    )
+    fields = {
+        "use_vllm": True,
+        "vllm_importance_sampling_correction": True,
+        "vllm_importance_sampling_mode": "token_truncate",
+        "top_k": 0,
+        "top_p": 1.0,
+    }
     fields.update(overrides)
     return SimpleNamespace(**fields)
 

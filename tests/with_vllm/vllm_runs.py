@@ -81,22 +81,22 @@ RLOO_BASED = ("rloo", "reinforce_ma")
 
 
 def config_fields(trainer_id: str, setting: str, fixed: dict, output_dir: str) -> dict:
-    fields = dict(
-        output_dir=output_dir,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        learning_rate=3e-3,
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=4,
-        max_steps=2,
-        seed=0,
-    )
+    fields = {
+        "output_dir": output_dir,
+        "use_cpu": True,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "learning_rate": 3e-3,
+        "per_device_train_batch_size": 8,
+        "num_generations": 4,
+        "max_completion_length": 4,
+        "max_steps": 2,
+        "seed": 0,
+    }
     fields.update(fixed)
     if setting == "tricks":
         fields.update(TRICK_SET)
@@ -287,9 +287,11 @@ def one_run(run: dict, model_dir: str, output_dir: str) -> dict:
         del engine
     trainer.vllm_generation.llm = None  # let the engine go before the next run builds its own
     if hasattr(trainer, "critic"):
-        critic_names = {name for name, _ in trainer.critic.model.named_parameters()} if hasattr(
-            trainer.critic, "model"
-        ) else set()
+        critic_names = (
+            {name for name, _ in trainer.critic.model.named_parameters()}
+            if hasattr(trainer.critic, "model")
+            else set()
+        )
         result["critic_parameters"] = len(critic_names)
     del trainer
     gc.collect()
