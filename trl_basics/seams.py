@@ -23,6 +23,11 @@ Overrides of private methods (each calls the parent and hands what it saw to a t
 Temporary changes of parent state (context managers): :func:`parent_beta`, :func:`single_generation_allowed`,
 :meth:`TRLSeams.reference_logprobs_forced`, :meth:`TRLSeams.parent_kl_off` and :func:`rotation_deferred`.
 
+vLLM: :func:`vllm_http_weight_sync` gives TRL's vLLM client (``trl.generation.vllm_generation.VLLMClient``, swapped
+while the parent builds) the HTTP weight channel of ``vllm_cpu.py`` in server mode without CUDA, where TRL's NCCL
+channel cannot start; :func:`vllm_engine_model` reads the model held by a colocated engine
+(``vllm_generation.llm``), whose weights TRL loads through the same path.
+
 The batch key ``num_items_in_batch`` (the generation batch's global loss-token count that TRL's ``dapo`` loss divides
 by) is read through :meth:`TRLSeams.window_token_count`.
 
@@ -59,6 +64,8 @@ __all__ = [
     "rloo_generation_passes",
     "rotation_deferred",
     "single_generation_allowed",
+    "vllm_engine_model",
+    "vllm_http_weight_sync",
 ]
 
 # Keyword inputs TRL forwards to the model for multimodal batches; passed through unchanged.
@@ -114,6 +121,66 @@ def rotation_deferred(args: Any) -> Iterator[int | None]:
         yield limit
     finally:
         args.save_total_limit = limit
+
+
+def _http_weight_client(base: type) -> type:
+    """TRL's ``VLLMClient`` with the weights sent over HTTP to the ``vllm_cpu.WeightReceiver`` worker extension."""
+    from .vllm_cpu import BEGIN_METHOD, END_METHOD, EXTENSION, LOAD_METHOD, READY_METHOD, weight_chunks
+
+    class HTTPWeightClient(base):
+        def init_communicator(self, device: Any = 0) -> None:
+            response = self.session.post(f"{self.base_url}/collective_rpc", json={"method": READY_METHOD})
+            answers = response.json().get("results") if response.status_code == 200 else None
+            if not answers or any(answer != "ready" for answer in answers):
+                raise RuntimeError(
+                    f"The vLLM server at {self.base_url} cannot receive weights from a trainer without CUDA (device "
+                    f"{device}): start it with `--worker-extension-cls {EXTENSION}` (and VLLM_SERVER_DEV_MODE=1, "
+                    f"which `trl vllm-serve` sets). Server answer: {response.status_code} {response.text[:200]}"
+                )
+
+        def update_named_params(self, metadata: Any, named_params: Any) -> None:
+            url = f"{self.base_url}/collective_rpc"
+            self._post(url, json={"method": BEGIN_METHOD})
+            try:
+                for payload in weight_chunks(named_params):
+                    self._post(url, json={"method": LOAD_METHOD, "args": [payload]})
+            finally:
+                self._post(url, json={"method": END_METHOD})
+
+        def close_communicator(self) -> None:
+            """Nothing to close: every weight update is one HTTP request."""
+
+    HTTPWeightClient.__name__ = HTTPWeightClient.__qualname__ = f"HTTPWeight{base.__name__}"
+    return HTTPWeightClient
+
+
+@contextmanager
+def vllm_http_weight_sync(args: Any) -> Iterator[None]:
+    """While the TRL parent builds: in vLLM server mode on a device that is not CUDA, its vLLM client sends the weights
+    over HTTP (see ``vllm_cpu.py``) instead of through vLLM's NCCL weight-transfer engine, which needs CUDA. Does
+    nothing in colocate mode, without vLLM, or on CUDA."""
+    if not (getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "server"):
+        yield
+        return
+    if args.device.type == "cuda":
+        yield
+        return
+    from trl.generation import vllm_generation
+
+    saved = vllm_generation.VLLMClient
+    vllm_generation.VLLMClient = _http_weight_client(saved)
+    try:
+        yield
+    finally:
+        vllm_generation.VLLMClient = saved
+
+
+def vllm_engine_model(trainer: Any) -> Any:
+    """The ``torch.nn.Module`` a colocated vLLM engine generates with (TRL loads the trainer's weights into it)."""
+    generation = getattr(trainer, "vllm_generation", None)
+    if generation is None or getattr(generation, "mode", None) != "colocate":
+        raise ValueError("the trainer has no colocated vLLM engine (use_vllm=True, vllm_mode='colocate')")
+    return generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
 
 
 def rloo_generation_passes(passes: list, reference_computed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -30,6 +30,7 @@ from .guards import (
     check_prompt_lengths,
     guard_reward_functions,
     guard_reward_tensor,
+    warn_truncated_vllm_sampling,
 )
 from .metrics import (
     GUARD_SKIPPED_STEPS,
@@ -43,7 +44,7 @@ from .metrics import (
 )
 from .pipeline import TrickPipeline
 from .plugins import Registry, get_plugin_manager
-from .seams import TRLSeams, parent_beta
+from .seams import TRLSeams, parent_beta, vllm_http_weight_sync
 from .trainer_setup import bind_trainer_arguments, coerce_config, model_name
 from .types import LossInputs, Requirements, Rollout, TrickContext
 
@@ -87,7 +88,7 @@ class TrickTrainerMixin(TRLSeams):
         self.trick_registry = Registry.from_plugin_manager(pm)
         pipeline = self.build_pipeline(config)
         needs_ref = pipeline.requirements.reference_model and config.beta == 0.0
-        with parent_beta(config, 1.0 if needs_ref else config.beta):
+        with parent_beta(config, 1.0 if needs_ref else config.beta), vllm_http_weight_sync(config):
             self.trl_parent.__init__(self, **arguments)
         self.beta = config.beta
         self.trick_pipeline = pipeline
@@ -100,6 +101,7 @@ class TrickTrainerMixin(TRLSeams):
     def _install_guards(self) -> None:
         """Checked reward functions, skipped non-finite steps, and prompts that fit the context (see guards.py)."""
         check_padding(self.processing_class)
+        warn_truncated_vllm_sampling(self.args)
         self.reward_funcs = guard_reward_functions(self.reward_funcs)
         self.gradient_guard = NonFiniteGradientGuard(
             on_skip=lambda total: self.metric_log()(GUARD_SKIPPED_STEPS, float(total))

@@ -37,6 +37,11 @@ NOT_RUN = {
     ("docs/quickstart.md", 'config = RLOOConfig(output_dir="out", reward_norm="running", reward_clip=3.0, whiten_advantages=True)'): "bf16 default needs a GPU",
     ("docs/plugins.md", "from trl_basics import RLOOConfig"): "TRL's bf16 default needs a GPU",
     ("docs/benchmarks.md", "pip install -r benchmarks/requirements-gpu.txt      # on a machine with a CUDA build of torch (kept as it is)"): "installs packages; needs a CUDA GPU",
+    ("docs/scaling.md", "bash scripts/setup_vllm.sh"): "creates a venv and installs from an index",
+    ("docs/scaling.md", ".venv/bin/python -m pytest -q tests/with_vllm"): "runs part of the suite from inside it",
+    ("docs/scaling.md", "trl vllm-serve --model MODEL_DIR --host 127.0.0.1 --port 8000 --dtype float32 --worker-extension-cls trl_basics.vllm_cpu.WeightReceiver"): "a server that runs until stopped",
+    ("docs/scaling.md", "OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/vllm_bench.py --parts truncation --steps 4 --output /tmp/vllm-truncation.json"): "minutes of vLLM trainings",
+    ("docs/benchmarks.md", "OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/vllm_bench.py --repeats 2 --steps 4 --output /tmp/vllm-bench.json"): "a benchmark of minutes",
 }
 # After 2 steps a verdict ("the reward rises clearly") cannot hold: these commands may exit 1 (a verdict missed) in
 # smoke mode, but must write their report.

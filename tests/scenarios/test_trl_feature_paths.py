@@ -13,8 +13,10 @@ parses the tool calls; TRL's RLOOTrainer has no tool loop. ``tests/scenarios/tes
 tool tests with these trainers, compared with ``trl.GRPOTrainer``.
 
 TRL scenarios not run here, and why:
-- vLLM (generation, importance-sampling correction, structured outputs), Liger kernels, continuous batching: not
-  installed or GPU-only.
+- vLLM generation and its importance-sampling correction: the vLLM column of this matrix is
+  ``tests/with_vllm/test_vllm_generation.py`` (every trainer here, with the defaults and the trick set, colocated and
+  against ``trl vllm-serve``, with LoRA), which trains in the separate ``.venv-vllm`` environment. vLLM's structured
+  outputs, Liger kernels, continuous batching: not installed or GPU-only.
 - PPO-max with a vision-language model: its critic is an ``AutoModelForTokenClassification``, which has no
   vision-language class; the trainer refuses it with the way out (``tests/ppo_max/test_ppo_max_trainer.py``).
 - GRPO's per-group reward scaling (``scale_rewards="group"``) on REINFORCE++: refused on purpose (tested below).
