@@ -38,7 +38,7 @@ class RunConfig:
     prompts_per_step_kept: bool = False  # with num_generations: keep the prompts per step, not the completions
     pipeline: str = "main"
     alarm_window: bool = True  # pass the reproduce's collapse-alarm window (TRL's GRPO has no such flag)
-    overrides: tuple[tuple[str, object], ...] = ()  # config values a flag cannot spell (None), through a YAML file
+    overrides: dict = field(default_factory=dict)  # config values a flag cannot spell (None), through a YAML file
 
 
 def _noise(level: float) -> tuple[str, ...]:
@@ -75,7 +75,7 @@ RUNS = {
         RunConfig(
             "vanilla_ppo", "vanilla PPO (no reward norm/clip, no KL, critic from SFT)", "ppo_max",
             ("--reward_norm", "none", "--critic_model_path", "{sft}"),
-            overrides=(("reward_clip", None), ("kl_coef", None)),
+            overrides={"reward_clip": None, "kl_coef": None},
         ),
         RunConfig("rpp_baseline_small", "REINFORCE++-baseline, few prompts", "reinforce_pp_baseline", pipeline="small"),
         RunConfig("grpo_small", "GRPO, few prompts", "grpo", pipeline="small", alarm_window=False),
@@ -259,6 +259,7 @@ def _claims() -> list[Claim]:
         8, "reinforce_pp", "GRPO is prone to length hacking; REINFORCE++ is not (completion-length curves)",
         "qualitative (GRPO's length grows)", "growth of the mean completion length (tokens): GRPO − REINFORCE++",
         arm("grpo", m.length_growth), arm("reinforce_pp", m.length_growth), ("grpo", "reinforce_pp"),
+        note="lengths are capped by --max_completion_length",
     ))  # fmt: skip
     rows.append(Claim(
         8, "reinforce_pp", "... and REINFORCE++ ends with the better gold (task) success",
@@ -270,7 +271,7 @@ def _claims() -> list[Claim]:
         9, "reinforce_pp", "global normalisation (REINFORCE++-baseline) generalises better than GRPO's per-prompt "
         "normalisation on a small prompt set (v9, Global Advantage Normalization)",
         "v9 Table 4 (tool use, Qwen2.5-7B): R++-baseline 24.10 vs GRPO 22.58",
-        "held-out − training task success (4 training prompts): R++-baseline gap − GRPO gap",
+        "held-out − training task success (few training prompts, `--small_prompts`): R++-baseline gap − GRPO gap",
         generalisation_gap("rpp_baseline_small"), generalisation_gap("grpo_small"),
         ("rpp_baseline_small", "grpo_small"), scale=100, unit=" pp",
     ))  # fmt: skip

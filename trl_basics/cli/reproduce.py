@@ -34,13 +34,19 @@ class ReproduceArguments(ExperimentArguments):
         default=False,
         metadata={"help": "Smoke test: 1 seed, 4 steps, tiny budgets. Checks the report's structure, not verdicts."},
     )
-    max_steps: int = field(default=30, metadata={"help": "RL steps per run."})
+    max_steps: int = field(default=40, metadata={"help": "RL steps per run."})
     completions_per_step: int = field(default=32, metadata={"help": "Completions per step (the same for every run)."})
     learning_rate: float = field(default=1.5e-3, metadata={"help": "Policy learning rate of every RL run."})
     eval_prompts: int = field(default=128, metadata={"help": "Held-out prompts for the final task success rate."})
     sft_steps: int = field(default=20, metadata={"help": "SFT steps of the starting policy (32 examples each)."})
     reward_model_steps: int = field(default=60, metadata={"help": "Reward-model training steps (32 pairs each)."})
-    small_prompts: int = field(default=4, metadata={"help": "Training prompts of the small-prompt-set runs (claim 9)."})
+    small_prompts: int = field(
+        default=8,
+        metadata={"help": "Training prompts of the small-prompt-set runs (claim 9); at least the prompts of one step."},
+    )
+    max_completion_length: int = field(
+        default=8, metadata={"help": "Completion length cap (tokens): room for the length to grow (claims 8, 10)."}
+    )
     alarm_window: int = field(default=5, metadata={"help": "Steps per window of the collapse alarm."})
 
 
@@ -64,6 +70,11 @@ def parse(argv: list[str]) -> tuple[list[str], ReproduceArguments]:
         args = replace(args, **{k: v for k, v in QUICK.items() if k not in given})
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.small_prompts * args.num_generations < args.completions_per_step:
+        raise ValueError(
+            f"--small_prompts {args.small_prompts} is fewer than the {args.completions_per_step // args.num_generations} "
+            "prompts of one step: the small-prompt-set runs would train no step. Raise --small_prompts."
+        )
     return papers or list(PAPERS), args
 
 
@@ -163,11 +174,24 @@ def train_once(config: RunConfig, args: ReproduceArguments, seed: int, pipeline:
     return result
 
 
+def record_invocation(out: Path, papers: list[str], start: float, trained: int) -> list[dict]:
+    """Append this invocation (papers, runs it trained, wall time) to invocations.json; return them all."""
+    path = out / "invocations.json"
+    invocations = json.loads(path.read_text()) if path.exists() else []
+    invocations.append({"papers": papers, "runs_trained": trained, "wall_seconds": time.perf_counter() - start,
+                        "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})  # fmt: skip
+    write_json_atomically(path, invocations)
+    return invocations
+
+
 def run_reproduce(argv: list[str]) -> int:
+    import torch
+
     from .reproduce_report import write_reproduce_report
 
     start = time.perf_counter()
     papers, args = parse(list(argv))
+    torch.set_num_threads(1)  # tiny models: one thread is fastest (as for `compare`'s child runs)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     configs = runs_for(papers)
@@ -176,18 +200,21 @@ def run_reproduce(argv: list[str]) -> int:
     total = len(configs) * args.seeds
     with quiet_warnings():
         for name in dict.fromkeys(config.pipeline for config in configs):
-            print(f"trl-basics reproduce: preparing the {name} pipeline (SFT{' and reward model' if name == 'main' else ''})", flush=True)  # noqa: E501
+            print(f"trl-basics reproduce: preparing the {name} pipeline (SFT{' and reward model' if name == 'main' else ''})", flush=True)
             pipelines[name] = prepare_pipeline(name, args, out)
-        done = 0
+        done = trained = 0
         for seed in range(args.seeds):
             for config in configs:
+                fresh = not (out / "runs" / f"{config.key}-seed{seed}" / "result.json").exists()
                 result = train_once(config, args, seed, pipelines[config.pipeline], out / "runs")
+                trained += fresh
                 by_seed[seed][config.key] = result
                 done += 1
                 status = f"failed: {result.failed}" if result.failed else f"{result.wall_seconds:.0f} s"
                 print(f"[{done}/{total}] {config.key} seed {seed}: {status}", flush=True)
+        invocations = record_invocation(out, papers, start, trained)
         report = write_reproduce_report(
-            papers, by_seed, args, pipelines, out, command_line("reproduce", list(argv)), time.perf_counter() - start
+            papers, by_seed, args, pipelines, out, command_line("reproduce", list(argv)), invocations
         )
     print(f"\nReport: {report}")
     failed = [r.label for runs in by_seed.values() for r in runs.values() if r.failed]

@@ -60,8 +60,8 @@ def judge(claim: Claim, by_seed: dict[int, dict[str, RunResult]], settings: Sett
     counted = interval.n
     if counted < len(by_seed):
         measured += f"; {len(by_seed) - counted} of {len(by_seed)} seeds without a value"
-        if claim.note:
-            measured += f" ({claim.note})"
+    if claim.note:
+        measured += f" ({claim.note})"
     if claim.extra is not None:
         measured += "; " + claim.extra(by_seed, settings)
     return {
@@ -116,7 +116,7 @@ def reward_kl_plot(means: list[RunResult], path: Path) -> Path | None:
     return path
 
 
-def write_reproduce_report(papers, by_seed, args, pipelines, out: Path, command: str, wall: float) -> Path:
+def write_reproduce_report(papers, by_seed, args, pipelines, out: Path, command: str, invocations: list[dict]) -> Path:
     gold_metric = f"rewards/{task_reward_name(args.task)}/mean"
     settings = Settings(gold_metric=gold_metric, completions_per_step=args.completions_per_step)
     main = pipelines.get("main", {})
@@ -136,11 +136,16 @@ def write_reproduce_report(papers, by_seed, args, pipelines, out: Path, command:
         f"prompts, optimising its verifiable reward from an SFT model of that task. Reward noise (claim 4): Gaussian, "
         f"σ ∈ {{{', '.join(f'{s:g}' for s in NOISE_LEVELS)}}} on the reward model's score."
     )  # fmt: skip
-    timing = (
-        f"Machine: {machine}. Date: {date}. Wall time of this invocation: {wall / 60:.1f} min (the runs themselves: "
-        f"{run_wall / 60:.1f} min; runs recorded by an earlier, interrupted invocation are reused, not re-timed)."
+    wall = invocations[-1]["wall_seconds"]
+    history = "; ".join(
+        f"{i['ended']}: {i['runs_trained']} run(s) trained in {i['wall_seconds'] / 60:.1f} min" for i in invocations
     )
-    data = {"command": command, "date": date, "machine": machine, "wall_seconds": wall, "rule": RULE_TEXT,
+    timing = (
+        f"Machine: {machine}. Date: {date}. Wall time of this invocation: {wall / 60:.1f} min; the runs themselves "
+        f"took {run_wall / 60:.1f} min. Invocations on this folder (a run recorded by an earlier one is reused, not "
+        f"trained again): {history}."
+    )
+    data = {"command": command, "date": date, "machine": machine, "wall_seconds": wall, "invocations": invocations, "rule": RULE_TEXT,
             "setup": setup, "seeds": args.seeds, "quick": args.quick, "papers": {}}  # fmt: skip
     md = [f"# The papers' claims, measured{' (quick smoke test: structure only)' if args.quick else ''}", "",
           "Produced by:", "", f"```\n{command}\n```", "", setup, "", timing, "", RULE_TEXT, ""]  # fmt: skip
