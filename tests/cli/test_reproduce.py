@@ -29,7 +29,7 @@ def test_mean_interval_is_the_t_interval_over_seeds():
     half = 2.776 * math.sqrt(2.5) / math.sqrt(5)  # t(4) · sd / √n
     assert interval.n == 5 and interval.mean == 3.0
     assert interval.low == pytest.approx(3.0 - half) and interval.high == pytest.approx(3.0 + half)
-    assert mean_interval([2.0]) .n == 1 and math.isnan(mean_interval([2.0]).low)
+    assert mean_interval([2.0]).n == 1 and math.isnan(mean_interval([2.0]).low)
 
 
 def test_differences_are_paired_by_seed_or_welch():
@@ -137,3 +137,25 @@ def test_quick_reproduce_writes_every_table_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["reproduce", "--quick", "--output_dir", str(out)]) == 0
     assert {path: path.stat().st_mtime_ns for path in logs} == logs
+
+
+def test_a_failed_run_is_reported_but_not_recorded(tmp_path, monkeypatch):
+    def failing(label, algorithm, args, flags, runs, in_process=False):
+        return RunResult(label, algorithm, [], 0.0, 0.0, failed="exit code 1: boom")
+
+    monkeypatch.setattr(reproduce_module, "run_training", failing)
+    pipeline = {"task": "token_kind", "sft": "sft-dir", "reward": "rm-dir"}
+    result = reproduce_module.train_once(RUNS["grpo"], _args(tmp_path), 0, pipeline, tmp_path / "runs")
+    assert result.failed == "exit code 1: boom"
+    assert not (tmp_path / "runs" / "grpo-seed0" / "result.json").exists()  # the next invocation tries it again
+
+
+def test_an_interrupted_in_process_run_stops_the_command(tmp_path, monkeypatch):
+    from trl_basics.cli import experiments, train
+
+    monkeypatch.setattr(train, "run", lambda algorithm, argv: 130)  # what `train` returns after a graceful stop
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run_in_process(["python", "-m", "trl_basics.cli", "train", "rloo"], tmp_path / "log.txt")
+    monkeypatch.setattr(train, "run", lambda algorithm, argv: 0)
+    code, _, _ = experiments.run_in_process(["python", "-m", "trl_basics.cli", "train", "rloo"], tmp_path / "log.txt")
+    assert code == 0

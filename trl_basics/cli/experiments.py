@@ -161,6 +161,8 @@ def run_in_process(command: list[str], log_path: Path) -> tuple[int, float, floa
             traceback.print_exc()
             print(f"{type(err).__name__}: {err}")
             code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 1
+    if code == 130:  # stopped by Ctrl-C or SIGTERM after saving a checkpoint: stop here too, as a child run would
+        raise KeyboardInterrupt
     return code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - start
 
 

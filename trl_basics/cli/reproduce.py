@@ -4,7 +4,7 @@ The kit pipeline is built once (SFT model, learned reward model; the task's veri
 reward model's as the gold measure), then every run configuration the chosen papers' claims need is trained on each
 seed with `compare`'s machinery (`experiments.run_training`, the same `train` command), in this process, one after
 the other. A finished run is recorded atomically in ``runs/<run>/result.json`` and skipped when the command is run
-again, so an interrupted reproduce continues where it stopped. The claims are then judged by the rule of
+again, so an interrupted reproduce continues where it stopped (a failed run is reported and tried again next time). The claims are then judged by the rule of
 `claim_stats.py` and written to report.md, report.html and claims.json (`reproduce_report.py`); each paper's runs
 also get `compare`'s report, with the curves averaged over seeds.
 """
@@ -170,7 +170,8 @@ def train_once(config: RunConfig, args: ReproduceArguments, seed: int, pipeline:
         result.extras["train_success"] = task_success_rate(str(run_dir), run_args, (prompts * repeats)[: args.eval_prompts])
     for weights in run_dir.glob("*.safetensors"):  # the reports need the metrics, not the weights
         weights.unlink()
-    write_json_atomically(record, result_to_json(result))
+    if result.failed is None:  # a failed run is reported, and tried again by the next invocation
+        write_json_atomically(record, result_to_json(result))
     return result
 
 
