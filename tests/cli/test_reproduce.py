@@ -159,3 +159,16 @@ def test_an_interrupted_in_process_run_stops_the_command(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "run", lambda algorithm, argv: 0)
     code, _, _ = experiments.run_in_process(["python", "-m", "trl_basics.cli", "train", "rloo"], tmp_path / "log.txt")
     assert code == 0
+
+
+@pytest.mark.parametrize("estimator", ["raft", "vanilla"])
+def test_the_baseline_estimators_are_accepted_by_compare_and_ablate(tmp_path, estimator):
+    from trl_basics.cli.ablate import ablation_switches
+    from trl_basics.cli.experiments import ExperimentArguments, check_flags
+
+    flags = ["--advantage_estimator", estimator]
+    check_flags(["rloo", "reinforce_pp", "ppo_max"], flags, tmp_path)  # refuses nothing
+    switches = ablation_switches("rloo", ExperimentArguments(output_dir=str(tmp_path)), [*flags, "--beta", "0.05"])
+    assert switches == {"kl_beta": {"beta": 0.0}}  # RLOO's beta is ablated; an estimator is chosen, not switched off
+    with pytest.raises(ValueError, match="bogus"):
+        check_flags(["rloo"], ["--advantage_estimator", "bogus"], tmp_path)
