@@ -98,8 +98,8 @@ def test_run_flags_of_a_configuration(tmp_path):
     args = _args(tmp_path)
     pipeline = {"task": "token_kind", "sft": "/m/sft", "reward": "/m/rm"}
     flags = reproduce_module.run_flags(RUNS["vanilla_ppo"], args, pipeline, tmp_path / "run")
-    assert flags[:4] == ["--reward_norm", "none", "--critic_model_path", "/m/sft"]
-    assert flags[4:6] == ["--collapse_alarm_window", "5"] and flags[6] == "--config"
+    assert flags[:6] == ["--reward_norm", "none", "--critic_model_path", "/m/sft", "--steps_per_generation", "4"]
+    assert flags[6:8] == ["--collapse_alarm_window", "5"] and flags[8] == "--config"
     assert (tmp_path / "run" / "ablation.yaml").read_text() == "kl_coef: null\nreward_clip: null\n"
     assert reproduce_module.run_flags(RUNS["grpo_small"], args, pipeline, tmp_path / "r2") == ["--num_prompts", "8"]
     k2 = reproduce_module.run_arguments(RUNS["rloo_k2"], args, 3, pipeline)
