@@ -8,6 +8,7 @@ form of the verdict rule applies (`claim_stats.py`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -181,6 +182,18 @@ def signal_lead(key: str, signal_metric: str) -> Value:
     return value
 
 
+def fall_and_signal_counts(key: str, signal_metric: str):
+    """How many seeds the gold reward fell on, and how many the signal fired on: why a lead may have no value."""
+
+    def text(by_seed, settings):
+        runs = [seed_runs[key] for seed_runs in by_seed.values() if key in seed_runs and not seed_runs[key].failed]
+        fell = sum(math.isfinite(m.gold_fall_step(run, settings.gold_metric)) for run in runs)
+        fired = sum(math.isfinite(m.first_signal_step(run, signal_metric)) for run in runs)
+        return f"gold fell on {fell}/{len(by_seed)} seeds, the signal fired on {fired}/{len(by_seed)}"
+
+    return text
+
+
 def alarm_count(keys: tuple[str, ...]):
     def text(by_seed, settings):
         parts = []
@@ -301,12 +314,14 @@ def _claims() -> list[Claim]:
             f"vanilla PPO: step where gold starts to fall − first step of the alarm's {name} signal (`{signal}`)",
             signal_lead("vanilla_ppo", signal), None, ("vanilla_ppo",),
             note="a seed counts only where the gold reward fell and the signal fired",
+            extra=fall_and_signal_counts("vanilla_ppo", signal),
         ))  # fmt: skip
     rows.append(Claim(
         11, "ppo_max", "(for comparison) the reward signal of the alarm", "—",
         f"vanilla PPO: step where gold starts to fall − first step of `{m.REWARD_SIGNAL}`",
         signal_lead("vanilla_ppo", m.REWARD_SIGNAL), None, ("vanilla_ppo",),
         note="a seed counts only where the gold reward fell and the signal fired",
+        extra=fall_and_signal_counts("vanilla_ppo", m.REWARD_SIGNAL),
     ))  # fmt: skip
     return rows
 
