@@ -12,6 +12,7 @@ from trl_basics import (
 )
 
 BUILTIN_TRICKS = {
+    "reward_noise",
     "reward_norm",
     "reward_scale",
     "reward_clip",
@@ -20,7 +21,7 @@ BUILTIN_TRICKS = {
     "advantage_clip",
     "entropy_bonus",
 }
-BUILTIN_ESTIMATORS = {"rloo", "group_mean", "reinforce", "moving_average", "gae"}
+BUILTIN_ESTIMATORS = {"rloo", "group_mean", "reinforce", "moving_average", "raft", "vanilla", "gae"}
 
 
 class DoubleReward(Trick):

@@ -26,6 +26,9 @@ class TrickArguments:
 
     > Parameters that control reward processing (stage 1, on the gathered scalar rewards)
 
+    reward_noise_std (`float`, *optional*, defaults to `0.0`):
+        Add Gaussian noise N(0, σ²) to the rewards before any other transform (a noisier reward model, for
+        robustness studies); seeded by `seed` and the round. `0` is off.
     reward_norm (`str`, *optional*, defaults to `"none"`):
         `"batch"`: z-score over the global batch. `"running"`: running moments over all rewards seen so far
         (PPO-max, Zheng et al. 2023, §5.3).
@@ -65,8 +68,8 @@ class TrickArguments:
     > Parameters that control advantage estimation (stage 3) and transforms (stage 4)
 
     advantage_estimator (`str` or `None`, *optional*, defaults to `None`):
-        Name of the advantage estimator (`rloo`, `group_mean`, `reinforce`, `moving_average`, `gae`, or a
-        plugin's). `None` uses the trainer's own.
+        Name of the advantage estimator (`rloo`, `group_mean`, `reinforce`, `moving_average`, `raft`, `vanilla`,
+        `gae`, or a plugin's). `None` uses the trainer's own.
     gamma (`float`, *optional*, defaults to `1.0`):
         Discount factor γ of returns and GAE.
     gae_lambda (`float`, *optional*, defaults to `0.95`):
@@ -113,6 +116,12 @@ class TrickArguments:
         resume (`docs/reliability.md`).
     """
 
+    reward_noise_std: float = field(
+        default=0.0,
+        metadata={
+            "help": "Add Gaussian noise of this standard deviation to the rewards (a noisier reward model). 0 = off."
+        },
+    )
     reward_norm: str = field(
         default="none",
         metadata={
@@ -171,8 +180,8 @@ class TrickArguments:
     advantage_estimator: str | None = field(
         default=None,
         metadata={
-            "help": "Advantage estimator: 'rloo', 'group_mean', 'reinforce', 'moving_average', 'gae', or a "
-            "plugin's. None uses the trainer's own."
+            "help": "Advantage estimator: 'rloo', 'group_mean', 'reinforce', 'moving_average', 'raft', 'vanilla', "
+            "'gae', or a plugin's. None uses the trainer's own."
         },
     )
     gamma: float = field(default=1.0, metadata={"help": "Discount factor γ for returns and GAE."})
@@ -288,6 +297,8 @@ def validate_trick_arguments(args: Any, registry: Any = None) -> None:
         value = getattr(args, name)
         if value is not None and not value > 0:
             _refuse(f"{name}={value} must be positive", f"Set {name} to a positive number, or None to switch it off")
+    if getattr(args, "reward_noise_std", 0.0) < 0:
+        _refuse(f"reward_noise_std={args.reward_noise_std} is negative", "Use a standard deviation >= 0 (0 is off)")
     if args.kl_coef is not None and args.kl_coef < 0:
         _refuse(f"kl_coef={args.kl_coef} is negative", "Use kl_coef >= 0, or None to leave KL to the TRL trainer")
     if args.kl_horizon <= 0:

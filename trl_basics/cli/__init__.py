@@ -1,4 +1,4 @@
-"""The `trl-basics` command: `train`, `demo`, `compare`, `ablate` and `plugins`.
+"""The `trl-basics` command: `train`, `demo`, `compare`, `ablate`, `reproduce` and `plugins`.
 
 Subcommand dispatch is a plain argument parser, as in TRL's own `trl` command; every subcommand parses its flags
 (and an optional `--config` YAML file) with TRL's `TrlParser`, so every config field is a flag with its help text.
@@ -22,13 +22,15 @@ commands:
   train ALGO           train one algorithm: {algorithms}
   compare              run several algorithms side by side on one task and seed; writes a table and plots
   ablate ALGO          switch each trick of ALGO off in turn; writes a table and plots
+  reproduce [PAPER]    measure the claims of the RLOO, REINFORCE++ and PPO-max papers (rloo, reinforce_pp,
+                       ppo_max; all by default) over several seeds; writes claims tables, plots and claims.json
   plugins              list the installed tricks, advantage estimators and KL estimators
 
 Run `trl-basics COMMAND --help` for the flags of a command.
 """
 
 
-COMMANDS = ("demo", "train", "compare", "ablate", "plugins")
+COMMANDS = ("demo", "train", "compare", "ablate", "reproduce", "plugins")
 BUG_NOTE = (
     "This is a bug in trl_basics or a library it uses, not a problem with your input: please report it with the "
     "command and the traceback above."
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             from .train import run
 
             return run(rest[0], rest[1:])
-        if command in ("demo", "compare", "ablate"):
+        if command in ("demo", "compare", "ablate", "reproduce"):
             return run_experiment(command, smoke_flags(command, rest))
         from ..plugins import Registry, describe
 
@@ -90,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_experiment(command: str, argv: list[str]) -> int:
-    """`demo`, `compare` or `ablate` (each imports TRL's parser, so only when asked for)."""
+    """`demo`, `compare`, `ablate` or `reproduce` (each imports TRL's parser, so only when asked for)."""
+    if command == "reproduce":
+        from .reproduce import run_reproduce
+
+        return run_reproduce(argv)
     if command == "demo":
         from .demo import run_demo
 

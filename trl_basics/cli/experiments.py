@@ -141,14 +141,50 @@ def _advance(progress: tqdm, follow) -> None:
             progress.set_postfix_str(f"reward {float(match.group(1)):.3f}")
 
 
-def run_training(label: str, algorithm: str, args: ExperimentArguments, extra: list[str], runs_dir: Path) -> RunResult:
-    """One run in a child process. A run that fails returns a result with ``failed`` set: the others go on."""
+def run_in_process(command: list[str], log_path: Path) -> tuple[int, float, float]:
+    """Run a `train_command` in this process (no interpreter start-up and imports per run: many short runs); return
+    (exit code, peak resident memory of this process so far in MB, wall seconds). Output goes to ``log_path``."""
+    import contextlib
+    import resource
+
+    from .train import run
+
+    start = time.perf_counter()
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            code = run(command[4], command[5:])
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # noqa: BLE001 - a failed run is recorded, the others go on
+            import traceback
+
+            traceback.print_exc()
+            print(f"{type(err).__name__}: {err}")
+            code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 1
+    if code == 130:  # stopped by Ctrl-C or SIGTERM after saving a checkpoint: stop here too, as a child run would
+        raise KeyboardInterrupt
+    return code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - start
+
+
+def run_training(
+    label: str,
+    algorithm: str,
+    args: ExperimentArguments,
+    extra: list[str],
+    runs_dir: Path,
+    in_process: bool = False,
+) -> RunResult:
+    """One run in a child process (or, with ``in_process``, in this one). A run that fails returns a result with
+    ``failed`` set: the others go on."""
     run_dir = runs_dir / label
     run_dir.mkdir(parents=True, exist_ok=True)
     command = train_command(algorithm, args, run_dir, extra)
     (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
-    with tqdm(total=args.max_steps, desc=label, unit="step", leave=True, dynamic_ncols=True) as progress:
-        code, peak_mb, wall = run_child(command, run_dir / "train.log", progress)
+    if in_process:
+        code, peak_mb, wall = run_in_process(command, run_dir / "train.log")
+    else:
+        with tqdm(total=args.max_steps, desc=label, unit="step", leave=True, dynamic_ncols=True) as progress:
+            code, peak_mb, wall = run_child(command, run_dir / "train.log", progress)
     state = run_dir / "trainer_state.json"
     if code != 0 or not state.exists():
         reason = _failure_reason(run_dir / "train.log", code)
@@ -208,16 +244,18 @@ def check_flags(algorithms: list[str], extra: list[str], output_dir: Path) -> No
             )
 
 
-def task_success_rate(model_dir: str, args: ExperimentArguments) -> float:
-    """Share of held-out prompts whose completion (sampled at temperature 1, as in training) solves the task."""
+def task_success_rate(model_dir: str, args: ExperimentArguments, prompts: list | None = None) -> float:
+    """Share of held-out prompts (or of ``prompts``) whose completion, sampled at temperature 1 as in training,
+    solves the task."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..kit.tasks import get_task
 
     task = get_task(args.task)
-    dataset = task.make_dataset(args.eval_prompts, seed=10_000 + args.seed)  # disjoint from the training seed
-    prompts = list(dataset["prompt"])
+    if prompts is None:
+        dataset = task.make_dataset(args.eval_prompts, seed=10_000 + args.seed)  # disjoint from the training seed
+        prompts = list(dataset["prompt"])
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     torch.manual_seed(args.seed)

@@ -8,7 +8,9 @@ from .advantages import (
     group_mean_advantages,
     interior_holes,
     moving_average_advantages,
+    raft_advantages,
     rloo_advantages,
+    vanilla_reinforce_advantages,
 )
 from .controllers import AdaptiveKLController, FixedKLController
 from .kl import (
@@ -70,8 +72,10 @@ __all__ = [
     "moving_average_advantages",
     "normalize_rewards",
     "outcome_token_rewards",
+    "raft_advantages",
     "rloo_advantages",
     "scale_rewards",
     "sequence_clipped_policy_loss",
+    "vanilla_reinforce_advantages",
     "window_mean",
 ]

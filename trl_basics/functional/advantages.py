@@ -25,7 +25,9 @@ __all__ = [
     "group_mean_advantages",
     "interior_holes",
     "moving_average_advantages",
+    "raft_advantages",
     "rloo_advantages",
+    "vanilla_reinforce_advantages",
 ]
 
 
@@ -214,3 +216,28 @@ def moving_average_advantages(rewards: Tensor, baseline: float | Tensor) -> Tens
     NaN stays NaN.
     """
     return rewards.to(float_dtype(rewards)) - baseline
+
+
+def raft_advantages(rewards: Tensor, num_generations: int) -> Tensor:
+    """Reward-ranked fine-tuning (RAFT, Dong et al. 2023): the best of the k samples of a prompt gets advantage 1,
+    the others 0, so the policy gradient is the supervised (SFT) gradient on the best-of-k completions. Back to
+    Basics (Ahmadian et al. 2024) compares against it (its Table 1, "RAFT").
+
+    Same (N,) layout as :func:`rloo_advantages`. Ties: the first of the tied best samples (in the group's order) is
+    chosen, so exactly one sample per group gets 1. NaN (unscorable) rewards are never chosen and keep advantage NaN,
+    like the other baselines (the caller replaces NaN by 0); a group whose rewards are all NaN gets NaN everywhere.
+    """
+    if num_generations < 1:
+        raise ValueError(f"raft_advantages: num_generations must be >= 1, got {num_generations}")
+    grouped = _group(rewards, num_generations, "raft_advantages")
+    unscorable = torch.isnan(grouped)
+    # argmax returns the first maximum, which fixes the tie rule; NaN is lowered to -inf so it is never the best.
+    best = torch.where(unscorable, float("-inf"), grouped).argmax(dim=1, keepdim=True)
+    advantages = torch.zeros_like(grouped).scatter(1, best, 1.0)
+    return torch.where(unscorable, float("nan"), advantages).reshape(rewards.shape)
+
+
+def vanilla_reinforce_advantages(rewards: Tensor) -> Tensor:
+    """REINFORCE with no baseline (Williams 1992), A_i = R_i: the raw (shaped) sequence reward is the advantage.
+    Back to Basics (Ahmadian et al. 2024) compares against it (its Table 1, "Vanilla PG"). NaN stays NaN."""
+    return rewards.to(float_dtype(rewards)).clone()

@@ -82,7 +82,7 @@ class ReinforcePlusPlusConfig(TrickArguments, trl.GRPOConfig):
                 "baseline='group' subtracts the mean of the prompt's group and needs num_generations >= 2; "
                 "use baseline='none' for one sample per prompt"
             )
-        if self.advantage_estimator in ("rloo", "group_mean") and self.num_generations < 2:
+        if self.advantage_estimator in ("rloo", "group_mean", "raft") and self.num_generations < 2:
             raise ValueError(
                 f"advantage_estimator={self.advantage_estimator!r} needs a group of samples per prompt "
                 "(num_generations >= 2); use 'moving_average' or 'reinforce' for one sample per prompt"

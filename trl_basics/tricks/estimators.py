@@ -23,7 +23,9 @@ from ..functional import (
     group_mean_advantages,
     moving_average_advantages,
     outcome_token_rewards,
+    raft_advantages,
     rloo_advantages,
+    vanilla_reinforce_advantages,
 )
 from ..hookspecs import hookimpl
 from ..types import AdvantageEstimator, Rollout, Trick, TrickContext
@@ -151,6 +153,30 @@ class MovingAverageEstimator(_BaselineEstimator):
         self.baseline.load_state_dict(state["baseline"])
 
 
+class RAFTEstimator(_BaselineEstimator):
+    """A_i = 1 for the best of the k samples of a prompt, 0 for the others: reward-ranked fine-tuning, i.e. SFT on
+    the best-of-k (Dong et al. 2023; a baseline in Ahmadian et al. 2024, Table 1). Ties go to the first best sample."""
+
+    name = "raft"
+    summary = "Advantage 1 for the best of the prompt's k samples (first on ties), 0 for the rest: SFT on best-of-k."
+    source = "Dong et al. 2023, RAFT; Ahmadian et al. 2024, Back to Basics, Table 1"
+
+    def scalar_advantages(self, rollout: Rollout, ctx: TrickContext) -> Tensor:
+        return raft_advantages(rollout.rewards, rollout.num_generations)
+
+
+class VanillaEstimator(_BaselineEstimator):
+    """A_i = R_i, the raw (shaped) sequence reward with no baseline: vanilla REINFORCE (Williams 1992; "Vanilla PG"
+    in Ahmadian et al. 2024, Table 1). Sequence-level, unlike ``reinforce`` (token-level rewards-to-go)."""
+
+    name = "vanilla"
+    summary = "The raw (shaped) sequence reward as the advantage, no baseline (vanilla REINFORCE)."
+    source = "Williams 1992, REINFORCE; Ahmadian et al. 2024, Back to Basics, Table 1"
+
+    def scalar_advantages(self, rollout: Rollout, ctx: TrickContext) -> Tensor:
+        return vanilla_reinforce_advantages(rollout.rewards)
+
+
 class GAEEstimator(AdvantageEstimator):
     """Generalized advantage estimation with a critic: A_t = Σ (γλ)^l δ_{t+l} (Schulman et al. 2016)."""
 
@@ -185,4 +211,6 @@ def trl_basics_register_advantage_estimators(register):
     register(GroupMeanEstimator)
     register(ReinforceEstimator)
     register(MovingAverageEstimator)
+    register(RAFTEstimator)
+    register(VanillaEstimator)
     register(GAEEstimator)

@@ -16,6 +16,49 @@ from ..hookspecs import hookimpl
 from ..types import Rollout, Stage, Trick, TrickContext
 
 
+class RewardNoise(Trick):
+    """Add Gaussian noise N(0, σ²) to every scorable reward: a noisier reward model, for robustness studies (Back to
+    Basics, Ahmadian et al. 2024, compares RLOO and RAFT under reward noise). Runs before every other transform.
+
+    The noise is drawn from a generator seeded with the run's ``seed`` and the round number, so every process (they
+    all see the same gathered rewards) adds the same noise, and a resumed run draws what the uninterrupted run drew.
+    """
+
+    name = "reward_noise"
+    stage = Stage.REWARD
+    flag = "reward_noise_std"
+    off_flags = MappingProxyType({"reward_noise_std": 0.0})
+    order = 5
+    summary = "Add Gaussian noise of standard deviation σ to the rewards (a noisier reward model)."
+    source = "Ahmadian et al. 2024, Back to Basics (robustness to reward noise)"
+    state_settings = ("reward_noise_std",)
+
+    def __init__(self, args: Any = None, std: float = 0.0) -> None:
+        super().__init__(args)
+        self.std = std
+        self.seed = int(getattr(args, "seed", 0) or 0)
+        self.rounds = 0
+
+    @classmethod
+    def from_args(cls, args: Any, registry: Any = None, **kwargs: Any) -> Trick | None:
+        std = getattr(args, "reward_noise_std", 0.0)
+        return cls(args, std=std) if std else None
+
+    def apply(self, rollout: Rollout, ctx: TrickContext) -> Rollout:
+        rewards = rollout.rewards
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rounds)
+        self.rounds += 1
+        noise = torch.randn(rewards.shape, generator=generator, dtype=torch.float64) * self.std
+        ctx.log("std", self.std)
+        return rollout.replace(rewards=rewards + noise.to(device=rewards.device, dtype=rewards.dtype))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rounds": self.rounds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rounds = int(state["rounds"])
+
+
 class RewardNormalization(Trick):
     """z-score rewards by batch or running moments (PPO-max, Zheng et al. 2023, §5.3 Eq. 18)."""
 
@@ -123,6 +166,7 @@ class RewardClipping(Trick):
 
 @hookimpl
 def trl_basics_register_tricks(register):
+    register(RewardNoise)
     register(RewardNormalization)
     register(RewardScaling)
     register(RewardClipping)
