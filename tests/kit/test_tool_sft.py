@@ -38,7 +38,7 @@ def test_only_the_assistant_turns_are_labelled(byte_dir):
     )
     assert ids[: len(prompt)] == prompt and labels[len(prompt) - 1] == IGNORE_INDEX != labels[len(prompt)]
 
-    direct, direct_labels = demonstration_ids(tokenizer, MULTIPLY_TOOL_TASK.direct_transcript(row), [multiply])
+    _, direct_labels = demonstration_ids(tokenizer, MULTIPLY_TOOL_TASK.direct_transcript(row), [multiply])
     assert tokenizer.decode([t for t in direct_labels if t != IGNORE_INDEX]) == f"{product}<|im_end|>"
 
 

@@ -188,7 +188,9 @@ def test_tool_output_tokens_change_nothing(trainer_id, setting, tmp_path, contex
     # The loss, the KL and the critic's loss, as logged.
     logs = [next(e for e in t.state.log_history if "loss" in e) for t in (short, long)]
     # Not the critic's gradient norm: it covers the critic's attention output projections, which read the context.
-    compared = [k for k in logs[0] if k == "loss" or "kl" in k or "entropy" in k or k.startswith(("value/", "advantages/"))]
+    compared = [
+        k for k in logs[0] if k == "loss" or "kl" in k or "entropy" in k or k.startswith(("value/", "advantages/"))
+    ]
     compared = [k for k in compared if "grad_norm" not in k]
     assert "loss" in compared and any("kl" in k for k in compared), sorted(logs[0])
     if trainer_id == "ppo_max":

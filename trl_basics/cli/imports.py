@@ -106,8 +106,7 @@ def _import_module(module_name: str, spec: str, what: str):
             return importlib.import_module(module_name)
         except Exception as err:  # noqa: BLE001 - reported as a problem with the input
             raise UsageError(
-                f"module {module_name!r} for {what} {spec!r} (in {cwd}) failed to import: "
-                f"{type(err).__name__}: {err}"
+                f"module {module_name!r} for {what} {spec!r} (in {cwd}) failed to import: {type(err).__name__}: {err}"
             ) from None
     raise UsageError(
         f"cannot find module {module_name!r} for {what} {spec!r}: it is not installed, not on PYTHONPATH "

@@ -140,4 +140,3 @@ def _batch_loss(model, pad_token_id: int, batch: list[tuple[list[int], list[int]
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache)
     logits = out.logits[:, :-1].flatten(0, 1)
     return torch.nn.functional.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
-
