@@ -65,7 +65,11 @@ def warm_model_dir(tmp_path_factory):
 
 def measure(trainer) -> tuple[float, float, float]:
     logs = trainer.evaluate()
-    return logs["eval_rewards/solved/mean"], logs["eval_rewards/tool_call_reward/mean"], logs["eval_tools/call_frequency"]
+    return (
+        logs["eval_rewards/solved/mean"],
+        logs["eval_rewards/tool_call_reward/mean"],
+        logs["eval_tools/call_frequency"],
+    )
 
 
 def run_seed(seed: int, model_dir: str, output_dir) -> tuple[tuple[float, ...], tuple[float, ...], list]:
