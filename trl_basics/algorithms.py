@@ -23,6 +23,7 @@ class Algorithm:
     trainer: str  # "module:Class", imported on use
     config: str  # "module:Class", imported on use
     defaults: dict[str, Any] = field(default_factory=dict)  # config values that define the variant
+    tools: bool = False  # the trainer runs TRL's tool loop (tools=, environment_factory=): the GRPO base
 
     def trainer_class(self) -> type:
         return load(self.trainer)
@@ -50,6 +51,7 @@ ALGORITHMS = MappingProxyType(
             "REINFORCE++ (Hu 2025): per-token k1 KL in the reward, γ=1 returns, global advantage whitening.",
             "trl_basics.reinforce_pp:ReinforcePlusPlusTrainer",
             "trl_basics.reinforce_pp:ReinforcePlusPlusConfig",
+            tools=True,
         ),
         "reinforce_pp_baseline": Algorithm(
             "reinforce_pp_baseline",
@@ -57,6 +59,7 @@ ALGORITHMS = MappingProxyType(
             "trl_basics.reinforce_pp:ReinforcePlusPlusTrainer",
             "trl_basics.reinforce_pp:ReinforcePlusPlusConfig",
             {"baseline": "group"},
+            tools=True,
         ),
         "reinforce_ma": Algorithm(
             "reinforce_ma",
@@ -69,6 +72,7 @@ ALGORITHMS = MappingProxyType(
             "PPO-max (Zheng et al. 2023): critic, GAE, running reward norm + clip, token KL, value clipping.",
             "trl_basics.ppo_max:PPOMaxTrainer",
             "trl_basics.ppo_max:PPOMaxConfig",
+            tools=True,
         ),
         "grpo": Algorithm(
             "grpo",
@@ -76,6 +80,7 @@ ALGORITHMS = MappingProxyType(
             "trl_basics.monitored_grpo:MonitoredGRPOTrainer",
             "trl:GRPOConfig",
             {"beta": 0.04},
+            tools=True,
         ),
     }
 )

@@ -44,7 +44,7 @@ def test_train_help_explains_every_trick_flag(capsys):
         (["train"], "name an algorithm first"),
         (["train", "ppo"], "unknown algorithm 'ppo'"),
         (["train", "rloo", "--reward_funcs", "no_such_module:fn"], "cannot find module 'no_such_module'"),
-        (["train", "rloo", "--reward_funcs", "os.path"], "module 'os' has no function 'path'"),
+        (["train", "rloo", "--reward_funcs", "os.path"], "os.path (from reward function 'os.path') is a module, not a function"),
         (["train", "rloo", "--reward_funcs", "os:"], "is not a valid name"),
         (["train", "rloo", "--kl_coef", "0.1"], "Set beta=0.0"),
         (

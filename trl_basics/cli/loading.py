@@ -1,24 +1,22 @@
 """Turn command-line strings into models, data sets and reward functions, safely and with clear errors.
 
 Nothing here evaluates a string. Reward functions are TRL's named ones (``trl.rewards``) or imported by explicit
-``module:function`` (or TRL's dotted ``module.function``) name; see `load_reward_function` for where modules may
-come from. Data sets are read from local files or loaded by name through ``datasets``. Every problem a user can fix
-raises `UsageError` (a ``ValueError``) naming the input and the fix.
+``module:function`` (or TRL's dotted ``module.function``) name, by the rule tools and environment factories follow
+too (`imports.import_callable`). Data sets are read from local files or loaded by name through ``datasets``. Every
+problem a user can fix raises `UsageError` (a ``ValueError``) naming the input and the fix.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
-import sys
-import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError, did_you_mean
+from .imports import check_import_spec, import_callable
+from .multi_turn import KIT_TOOL_TASKS
 
 KIT_PREFIX = "kit:"
 KIT_TASKS = ("target_letter", "token_kind", "exact_length")  # checked against kit.tasks.TASKS by a test
@@ -34,98 +32,27 @@ TRL_REWARD_NAMES = (  # trl.rewards' functions, usable by name as in TRL's own s
 # --- reward functions ------------------------------------------------------------------------------------------------
 
 
+REWARD_FORMS = (
+    "Name one of TRL's reward functions (" + ", ".join(TRL_REWARD_NAMES) + ") or a function in a module as "
+    "'package.module:function'"
+)
+
+
 def check_reward_spec(spec: str) -> tuple[str, str] | None:
     """``(module, function)`` for an import spec, None for a TRL reward name; `UsageError` for anything else."""
     if spec in TRL_REWARD_NAMES:
         return None
-    forms = (
-        "Name one of TRL's reward functions (" + ", ".join(TRL_REWARD_NAMES) + ") or a function in a module as "
-        "'package.module:function'"
-    )
-    if "/" in spec or "\\" in spec or spec.split(":", 1)[0].endswith(".py"):
-        module = Path(spec.split(":", 1)[0]).stem
-        function = spec.split(":", 1)[1] if ":" in spec else "function"
-        raise UsageError(
-            f"reward function {spec!r} names a file; files are not imported. Run from the file's folder and pass "
-            f"'{module}:{function}', put the folder on PYTHONPATH, or install the package that holds it."
-        )
-    if ":" in spec:
-        module, _, function = spec.partition(":")
-    elif "." in spec:
-        module, _, function = spec.rpartition(".")  # TRL's form: my_lib.rewards.custom_reward
-    else:
-        raise UsageError(f"unknown reward function {spec!r}.{did_you_mean(spec, TRL_REWARD_NAMES)} {forms}.")
-    if not module or not all(part.isidentifier() for part in module.split(".")) or not function.isidentifier():
-        raise UsageError(f"reward function {spec!r} is not a valid name. {forms}.")
-    return module, function
-
-
-def _installed(path: str) -> bool:
-    """Whether ``path`` lies in this Python's installed packages or standard library."""
-    roots = {sysconfig.get_paths()[key] for key in ("purelib", "platlib", "stdlib", "platstdlib")}
-    resolved = os.path.realpath(path)
-    return any(resolved.startswith(os.path.realpath(root) + os.sep) for root in roots)
+    if ":" not in spec and "." not in spec and "/" not in spec and "\\" not in spec:
+        raise UsageError(f"unknown reward function {spec!r}.{did_you_mean(spec, TRL_REWARD_NAMES)} {REWARD_FORMS}.")
+    return check_import_spec(spec, "reward function", REWARD_FORMS)
 
 
 def load_reward_function(spec: str, max_completion_length: int | None = None) -> Callable[..., Any]:
-    """The reward function named by ``spec``.
-
-    One rule, the same for ``trl-basics``, ``python -m trl_basics.cli`` and the runs ``compare``/``ablate``/``demo``
-    start: the module is imported from the installed packages and ``PYTHONPATH`` first; if it is not found there,
-    from the current working directory (as TRL's scripts do). File paths are refused. A module that does not come
-    from the installed packages is announced in one line with its path.
-    """
-    parts = check_reward_spec(spec)
-    if parts is None:
+    """The reward function named by ``spec``: one of TRL's by name, or imported by the rule of `import_callable`
+    (the same for ``trl-basics``, ``python -m trl_basics.cli`` and the runs ``compare``/``ablate``/``demo`` start)."""
+    if check_reward_spec(spec) is None:
         return trl_reward_function(spec, max_completion_length)
-    module_name, attribute = parts
-    module = _import_module(module_name, spec)
-    function = getattr(module, attribute, None)
-    if not callable(function):
-        public = [name for name in dir(module) if not name.startswith("_") and callable(getattr(module, name))]
-        hint = did_you_mean(attribute, public)
-        listed = f" Its functions: {', '.join(public[:12])}." if public and not hint else ""
-        raise UsageError(
-            f"module {module_name!r} has no function {attribute!r} (from reward function {spec!r}).{hint}{listed}"
-        )
-    origin = getattr(module, "__file__", None)
-    top = module_name.split(".")[0]
-    if origin and top != "trl_basics" and not _installed(origin):
-        print(f"trl-basics: reward function {spec} comes from {origin} (not an installed package)", file=sys.stderr)
-    return function
-
-
-def _import_module(module_name: str, spec: str):
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name.split(".")[0] and err.name != module_name:
-            raise UsageError(
-                f"module {module_name!r} for reward function {spec!r} was found but failed to import: {err}. "
-                "Install what it needs."
-            ) from None
-    except Exception as err:  # noqa: BLE001 - the user's module itself failed
-        raise UsageError(
-            f"module {module_name!r} for reward function {spec!r} failed to import: {type(err).__name__}: {err}"
-        ) from None
-    cwd = os.getcwd()
-    top = module_name.split(".")[0]
-    if (Path(cwd) / f"{top}.py").is_file() or (Path(cwd) / top).is_dir():
-        if cwd not in sys.path:
-            sys.path.append(cwd)  # last: never shadows an installed package
-        importlib.invalidate_caches()
-        try:
-            return importlib.import_module(module_name)
-        except Exception as err:  # noqa: BLE001 - reported as a problem with the input
-            raise UsageError(
-                f"module {module_name!r} for reward function {spec!r} (in {cwd}) failed to import: "
-                f"{type(err).__name__}: {err}"
-            ) from None
-    raise UsageError(
-        f"cannot find module {module_name!r} for reward function {spec!r}: it is not installed, not on PYTHONPATH "
-        f"and not in the working directory {cwd}. Install the package that provides it, run from the folder that "
-        "holds it, or check the spelling."
-    )
+    return import_callable(spec, "reward function", forms=REWARD_FORMS)
 
 
 def trl_reward_function(name: str, max_completion_length: int | None = None) -> Callable[..., Any]:
@@ -149,11 +76,11 @@ def _looks_local(name: str) -> bool:
 def check_dataset_source(dataset_name: str) -> None:
     """Cheap checks of ``--dataset_name`` (nothing is loaded)."""
     if dataset_name.startswith(KIT_PREFIX):
-        task = dataset_name.removeprefix(KIT_PREFIX)
-        if task not in KIT_TASKS:
+        task, known = dataset_name.removeprefix(KIT_PREFIX), KIT_TASKS + KIT_TOOL_TASKS
+        if task not in known:
             raise UsageError(
-                f"unknown kit task {task!r} in --dataset_name {dataset_name}.{did_you_mean(task, KIT_TASKS, 'kit:')} "
-                f"The kit's tasks: {', '.join(KIT_PREFIX + t for t in KIT_TASKS)}."
+                f"unknown kit task {task!r} in --dataset_name {dataset_name}.{did_you_mean(task, known, 'kit:')} "
+                f"The kit's tasks: {', '.join(KIT_PREFIX + t for t in known)}."
             )
         return
     path = Path(dataset_name).expanduser()
@@ -180,8 +107,13 @@ def _saved_dataset_is_empty(path: Path) -> bool:
 
 
 def kit_task(name: str):
+    """The kit task ``kit:<name>`` names: a synthetic task or a tool task."""
     from ..kit.tasks import get_task
 
+    if name.removeprefix(KIT_PREFIX) in KIT_TOOL_TASKS:
+        from ..kit.tool_tasks import TOOL_TASKS
+
+        return TOOL_TASKS[name.removeprefix(KIT_PREFIX)]
     return get_task(name.removeprefix(KIT_PREFIX))
 
 
@@ -292,9 +224,15 @@ def reward_sources(reward_model: str | None, reward_funcs: list[str] | None, dat
     return sources
 
 
-def resolve_model(model_name_or_path: str | None, output_dir: str) -> str:
-    """A model path for TRL. ``None`` or ``kit:tiny`` builds the kit's tiny model and saves it in ``output_dir``."""
+def resolve_model(model_name_or_path: str | None, output_dir: str, byte_level: bool = False) -> str:
+    """A model path for TRL. ``None`` or ``kit:tiny`` builds the kit's tiny model and saves it in ``output_dir``:
+    with ``byte_level`` (a tool task) the byte-level one, whose chat template TRL reads tool calls with."""
     if is_kit_model(model_name_or_path):
+        if byte_level:
+            from ..kit.byte_model import save_tiny_byte_model
+            from ..kit.tool_tasks import tool_corpus
+
+            return str(save_tiny_byte_model(Path(output_dir) / "initial-model", corpus=tool_corpus()))
         from ..kit.model import save_tiny_model
 
         return str(save_tiny_model(Path(output_dir) / "initial-model"))

@@ -26,7 +26,7 @@ def script_arguments_class() -> type:
         dataset_name: str = field(
             default="kit:token_kind",
             metadata={
-                "help": "Prompts: 'kit:<task>' (built-in synthetic task with its own verifiable reward), a local "
+                "help": "Prompts: 'kit:<task>' (built-in synthetic or tool task with its own verifiable reward), a local "
                 ".jsonl/.json/.parquet/.csv file or saved dataset folder with a 'prompt' column, or a name for "
                 "datasets.load_dataset. Ignored when a YAML file lists `datasets:` (a mixture, as in TRL)."
             },
@@ -48,6 +48,20 @@ def script_arguments_class() -> type:
                 "help": "Reward functions: TRL's by name (accuracy_reward, reasoning_accuracy_reward, "
                 "think_format_reward, get_soft_overlong_punishment) or 'package.module:function' (installed, on "
                 "PYTHONPATH, or in the working directory; file paths are refused; nothing is eval'd)."
+            },
+        )
+        tools: list[str] | None = field(
+            default=None,
+            metadata={
+                "help": "Tools for TRL's multi-turn tool loop (GRPO-based trainers): typed functions with docstrings "
+                "named 'package.module:function', found as reward functions are. A kit:tool_* data set brings its own."
+            },
+        )
+        environment_factory: str | None = field(
+            default=None,
+            metadata={
+                "help": "A class (or function) named 'package.module:name' that TRL calls once per rollout; the "
+                "object's public methods are the tools and its state lasts over the turns (GRPO-based trainers)."
             },
         )
 

@@ -1,9 +1,9 @@
 """`trl-basics train ALGO`: one training run, configured by flags and/or a YAML file through TRL's parser.
 
 Order of work: the flags are checked against the stored flag list (no torch import; see `flags.py`), then TRL's
-parser reads them, then every input is checked (output folder, data set, reward sources, model) before anything is
-written, and only then are the model and the trainer built. A run that fails before training starts removes what
-it wrote in ``--output_dir``.
+parser reads them, then every input is checked (output folder, data set, reward sources, tools and environment,
+model) before anything is written, and only then are the model and the trainer built. A run that fails before
+training starts removes what it wrote in ``--output_dir``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .loading import (
     resolve_model,
     reward_sources,
 )
+from .multi_turn import check_multi_turn, is_kit_tool_task, multi_turn_inputs
 from .parser import make_parser, script_arguments_class
 
 SMOKE_ENV = "TRL_BASICS_SMOKE"
@@ -118,6 +119,8 @@ def precheck(algorithm_name: str, given: dict) -> None:
     specs = given.get("reward_funcs") or []
     for spec in [specs] if isinstance(specs, str) else specs:
         check_reward_spec(str(spec))
+    dataset_name = None if given.get("datasets") else str(given.get("dataset_name") or "kit:token_kind")
+    check_multi_turn(algorithm_name, given.get("tools"), given.get("environment_factory"), dataset_name)
     output_dir = Path(str(given.get("output_dir") or f"trl-basics-output/{algorithm_name}")).expanduser()
     if resume_value(given.get("resume_from_checkpoint")) is True and not any(output_dir.glob("checkpoint-*")):
         raise UsageError(
@@ -187,9 +190,10 @@ def fit_completion_length(
         return
     positions = context_length(model_config)
     if dataset_name.startswith(KIT_PREFIX) and kit_model:
-        from ..kit.recipes import TASK_RL_KWARGS
+        from ..kit.recipes import TASK_RL_KWARGS, TOOL_TASK_RL_KWARGS
 
-        length = TASK_RL_KWARGS[dataset_name.removeprefix(KIT_PREFIX)]["max_completion_length"]
+        recipes = TOOL_TASK_RL_KWARGS if is_kit_tool_task(dataset_name) else TASK_RL_KWARGS
+        length = recipes[dataset_name.removeprefix(KIT_PREFIX)]["max_completion_length"]
         reason = f"the recipe for {dataset_name} on the kit model ({positions} positions)"
     elif positions is not None and config.max_completion_length >= positions:
         length = positions // 2
@@ -226,9 +230,11 @@ def build_trainer(algorithm_name: str, script_args, config, model_args, callback
         script_args.dataset_name if not script_args.datasets else "",
         max_completion_length=config.max_completion_length,
     )
+    dataset_name = script_args.dataset_name if not script_args.datasets else ""
+    multi_turn = multi_turn_inputs(script_args.tools, script_args.environment_factory, dataset_name)
     train_dataset, eval_dataset = load_datasets(script_args, config, explicit)
     kit_model = is_kit_model(model_args.model_name_or_path)
-    model = resolve_model(model_args.model_name_or_path, config.output_dir)
+    model = resolve_model(model_args.model_name_or_path, config.output_dir, byte_level=is_kit_tool_task(dataset_name))
     model_config = check_pretrained(model, "--model_name_or_path")
     fit_completion_length(config, model_config, script_args.dataset_name, explicit, kit_model)
     return algorithm.trainer_class()(
@@ -239,6 +245,7 @@ def build_trainer(algorithm_name: str, script_args, config, model_args, callback
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
         callbacks=list(callbacks),
+        **multi_turn,
     )
 
 

@@ -35,7 +35,7 @@ import torch
 
 from trl_basics.kit.tasks import TASKS, get_task
 
-__all__ = ["CPU_RL_KWARGS", "TASK_RL_KWARGS", "limit_torch_threads", "recommended_rl_kwargs"]
+__all__ = ["CPU_RL_KWARGS", "TASK_RL_KWARGS", "TOOL_TASK_RL_KWARGS", "limit_torch_threads", "recommended_rl_kwargs"]
 
 CPU_RL_KWARGS: Mapping[str, Any] = MappingProxyType(
     {
@@ -67,6 +67,16 @@ TASK_RL_KWARGS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     }
 )
 """Per-task settings on top of [`CPU_RL_KWARGS`]."""
+
+TOOL_TASK_RL_KWARGS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        # The opening call (about 30 tokens), the tool result (about 25) and the answer.
+        "tool_multiply": MappingProxyType({"max_completion_length": 96}),
+        # Up to four guesses of about 50 tokens each (call and reply), then the answer.
+        "guess_number": MappingProxyType({"max_completion_length": 224}),
+    }
+)
+"""Per-tool-task settings for the byte-level kit model (``kit.tool_tasks.TOOL_TASKS``): room for the whole exchange."""
 
 if set(TASK_RL_KWARGS) != set(TASKS):  # pragma: no cover - guards edits to the two tables
     raise RuntimeError("TASK_RL_KWARGS must cover exactly the kit's tasks.")

@@ -12,8 +12,8 @@ deterministic (the datasets are drawn from a seeded generator).
   was found, less a small cost per guess.
 
 Each task also gives worked transcripts (``task.transcript(row)``: the conversation a perfect agent would have),
-used to learn the tokenizer's merges ([`tool_corpus`]) and to warm a tiny model up so that it calls the tool
-([`warm_start`]).
+used to learn the tokenizer's merges ([`tool_corpus`]) and, with ``task.direct_transcript(row)`` (an answer given
+without the tool), to warm a tiny model up before RL ([`sft_on_demonstrations`]).
 """
 
 from __future__ import annotations
@@ -145,6 +145,10 @@ class ToolTask:
         """The conversation of a perfect agent on ``row``: prompt, tool calls, tool results and the final answer."""
         raise NotImplementedError
 
+    def direct_transcript(self, row: dict) -> list[dict]:
+        """The conversation of an agent that answers ``row`` at once, without a tool (used to warm up a model)."""
+        raise NotImplementedError
+
     def first_call(self, prompt: list[dict]) -> dict:
         """The assistant message a perfect agent opens with on ``prompt`` (a tool call), read from the prompt text."""
         raise NotImplementedError
@@ -183,6 +187,10 @@ class MultiplyToolTask(ToolTask):
         prompt = [{"role": "user", "content": f"What is {a} times {b}?"}]
         return {"prompt": prompt, "a": a, "b": b, "answer": str(a * b)}
 
+    def direct_transcript(self, row: dict) -> list[dict]:
+        """The product stated at once: right, but out of a tiny model's reach without the tool."""
+        return [*row["prompt"], {"role": "assistant", "content": row["answer"]}]
+
     def first_call(self, prompt: list[dict]) -> dict:
         a, b = (int(x) for x in re.findall(r"\d+", prompt[-1]["content"])[:2])
         return _call("multiply", a=a, b=b)
@@ -204,6 +212,10 @@ class GuessNumberTask(ToolTask):
     def make_row(self, rng: random.Random) -> dict:
         prompt = [{"role": "user", "content": f"Guess my number between 1 and {self.high}."}]
         return {"prompt": prompt, "secret": rng.randint(1, self.high)}
+
+    def direct_transcript(self, row: dict) -> list[dict]:
+        """The number stated without a guess: the environment never hears it, so the reward is 0."""
+        return [*row["prompt"], {"role": "assistant", "content": str(row["secret"])}]
 
     def first_call(self, prompt: list[dict]) -> dict:
         return _call("guess", number=(1 + self.high) // 2)
