@@ -146,7 +146,8 @@ def test_pipeline_requirements_combine_the_components_and_scope_the_kl_metric(re
     )  # fmt: skip
     loss = TrickPipeline.from_args(TrickArguments(kl_coef=0.0, kl_placement="loss", kl_estimator="k2"), registry)
     needs = loss.requirements
-    assert needs.loss_reference_logprobs and needs.loss_sampling_logprobs and not needs.reference_model  # β = 0
+    # β = 0 still measures the KL to π_ref, so the reference model is loaded (without it a full fine-tune has no π_ref)
+    assert needs.loss_reference_logprobs and needs.loss_sampling_logprobs and needs.reference_model
     assert (Requirements(sampling_logprobs=True) | Requirements(kl_metric="x")) == Requirements(
         sampling_logprobs=True, kl_metric="x"
     )

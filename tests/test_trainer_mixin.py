@@ -155,3 +155,17 @@ def test_loss_stage_terms_are_token_means_over_the_accumulation_window(
     monkeypatch.setattr(ReinforcePlusPlusTrainer, "loss_token_normalizer", lambda self, inputs: None)
     per_micro_batch = _first_policy_grad_norm(tmp_path / "off", tiny_model_dir, task, dataset, 4, **LOSS_TRICKS)
     assert per_micro_batch != pytest.approx(norms[1], rel=1e-4), (per_micro_batch, norms)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_a_kl_coefficient_of_zero_measures_the_kl_without_a_penalty(name, tmp_path, tiny_model_dir, task, dataset):
+    """``kl_coef=0.0`` (not ``None``) keeps the KL trick on: π_ref comes from a reference model even though no penalty
+    is applied, and the KL is logged (a full fine-tune has no other π_ref)."""
+    trainer_cls, config_cls, base = TRAINERS[name]
+    config = config_cls(**cpu_kwargs(tmp_path, max_steps=2), **{**base, "kl_coef": 0.0})
+    trainer = trainer_cls(model=tiny_model_dir, reward_funcs=task.reward_func, args=config, train_dataset=dataset)
+    assert trainer.ref_model is not None
+    trainer.train()
+    kl = logged(trainer, "tricks/kl_shaping/k1_sequence_mean")
+    assert len(kl) == 2 and kl[0] == 0.0 and kl[1] > 0.0  # π = π_ref before the first update only
+    assert logged(trainer, "tricks/kl_shaping/coef") == [0.0, 0.0]

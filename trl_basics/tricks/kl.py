@@ -107,13 +107,14 @@ class KLShaping(Trick):
     )
 
     def requirements(self) -> Requirements:
-        """π_old and π_ref per token before the advantages; a reference model even when the parent's β is 0 (as long
-        as β starts above 0); π_ref (and π_old, for the bias correction) in the loss when the KL is placed there."""
+        """π_old and π_ref per token before the advantages; a reference model even when the parent's β is 0, also
+        with a coefficient of 0 (the KL is still measured and logged, and an adaptive coefficient may grow); π_ref
+        (and π_old, for the bias correction) in the loss when the KL is placed there."""
         in_loss = self.placement == "loss"
         return Requirements(
             sampling_logprobs=True,
             reference_logprobs=True,
-            reference_model=self.initial_coef > 0,
+            reference_model=True,
             loss_reference_logprobs=in_loss,
             loss_sampling_logprobs=in_loss,
             kl_metric=f"{self.estimator}_sequence_mean",
