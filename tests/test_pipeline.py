@@ -102,7 +102,7 @@ def test_flag_switched_tricks_run_in_their_declared_order(registry):
 
     order = [cls.name for cls in flag_switched(registry, TrickArguments())]
     assert order == [
-        "reward_norm", "reward_scale", "reward_clip", "kl_shaping", "advantage_whiten", "advantage_clip",
+        "reward_noise", "reward_norm", "reward_scale", "reward_clip", "kl_shaping", "advantage_whiten", "advantage_clip",
         "entropy_bonus",
     ]  # fmt: skip
 
@@ -111,6 +111,7 @@ def test_flag_switched_tricks_run_in_their_declared_order(registry):
     "flags",
     [
         {},
+        {"reward_noise_std": 0.5},
         {"reward_norm": "batch"},
         {"reward_scale": True},
         {"reward_clip": 0.5},
