@@ -36,7 +36,7 @@ NOT_RUN = {
     ("docs/hooks.md", "trl_basics_register_kl_estimators(register: Callable[[str, KLEstimatorFn], None]) -> None"): "a signature",
     ("docs/quickstart.md", 'config = RLOOConfig(output_dir="out", reward_norm="running", reward_clip=3.0, whiten_advantages=True)'): "bf16 default needs a GPU",
     ("docs/plugins.md", "from trl_basics import RLOOConfig"): "TRL's bf16 default needs a GPU",
-    ("docs/reproduce.md", "trl-basics reproduce                      # all three papers, 5 seeds (about 30 min on 2 CPU cores)"): "the full measurement takes half an hour; the --quick form below runs",
+    ("docs/reproduce.md", "trl-basics reproduce                      # all three papers, 5 seeds (14 min measured on 2 busy CPU cores)"): "the full measurement takes a quarter of an hour; the --quick form below runs",
     ("docs/benchmarks.md", "pip install -r benchmarks/requirements-gpu.txt      # on a machine with a CUDA build of torch (kept as it is)"): "installs packages; needs a CUDA GPU",
     ("docs/scaling.md", "bash scripts/setup_vllm.sh"): "creates a venv and installs from an index",
     ("docs/scaling.md", ".venv/bin/python -m pytest -q tests/with_vllm"): "runs part of the suite from inside it",
