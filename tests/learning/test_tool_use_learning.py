@@ -12,18 +12,19 @@ to open with a call rather than an answer, to keep calling after ``higher`` or `
 which numbers to try. Nothing in the rollouts is scripted: every call is the model's own.
 
 The trainer: the RLOO estimator on the GRPO base (``ReinforcePlusPlusTrainer`` with ``advantage_estimator="rloo"``),
-16 rollouts per step (4 prompts x 4), 20 steps. Success and the share of rollouts that called the tool are measured
-on 16 held-out prompts x 4 samples by ``trainer.evaluate()`` (the same tool loop) before and after RL, and logged each
-step as zero-weight rewards (``rewards/solved/mean``, ``rewards/tool_call_reward/mean``) next to TRL's
-``tools/call_frequency``. A seed has learned when success rises by 0.25 and the tool share by 0.4, several standard
-errors of a 64-rollout estimate (at most 0.0625 for a share).
+32 rollouts per step (8 prompts x 4), learning rate 1e-3, 20 steps. Success and the share of rollouts that called
+the tool are measured on 16 held-out prompts x 4 samples by ``trainer.evaluate()`` (the same tool loop) before and
+after RL, and logged each step as zero-weight rewards (``rewards/solved/mean``, ``rewards/tool_call_reward/mean``)
+next to TRL's ``tools/call_frequency``. A seed has learned when success rises by 0.25 and the tool share by 0.4,
+several standard errors of a 64-rollout estimate (at most 0.0625 for a share). Every seed must learn.
 
-Three seeds run; at least two must learn. The start's decision to call sits on a knife edge (two more no-tool
-steps and it never calls; one fewer and it calls in two rollouts out of three), and on some seeds the first updates
-push it over: the model stops calling and, with no call left to reward, never comes back. Measured (trl 1.16, 2
-shared CPU cores, about 4 minutes in all), before -> after: seed 0 success 0.05 -> 0.53, tool share 0.13 -> 0.89;
-seed 1 success 0.03 -> 0.00, tool share 0.09 -> 0.00 (stopped calling); seed 2 success 0.03 -> 0.59, tool share
-0.08 -> 0.83. A fourth seed (3) rose more slowly: success 0.03 -> 0.09, tool share 0.14 -> 0.31 after 20 steps.
+The start's decision to call sits on a knife edge (two more no-tool steps and it never calls; one fewer and it calls
+in two rollouts out of three). With 16 rollouts per step and learning rate 2e-3 the first updates pushed some seeds
+over it: the model stopped calling and, with no call left to reward, never came back (1 seed of 3). Twice the
+rollouts at half the rate keep the estimate of the call's advantage steady enough. Measured (trl 1.16, 2 CPU cores),
+before -> after: seed 0 success 0.05 -> 0.69, tool share 0.13 -> 0.86; seed 1 success 0.03 -> 0.70, tool share
+0.09 -> 0.97; seed 2 success 0.03 -> 0.73, tool share 0.08 -> 0.94; and a fourth seed, 3, outside the test: success
+0.03 -> 0.69, tool share 0.14 -> 0.86.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from trl_basics.kit.tool_sft import demonstrations, sft_on_demonstrations
 
 TASK = dataclasses.replace(GUESS_NUMBER_TASK, high=8)
 SEEDS = (0, 1, 2)
-MIN_SEEDS_LEARNING = 2
 RL_STEPS = 20
 SUCCESS_MARGIN, SHARE_MARGIN = 0.25, 0.4
 START_SHARE_LIMIT = 0.3
@@ -88,9 +88,9 @@ def run_seed(seed: int, model_dir: str, output_dir) -> tuple[tuple[float, ...], 
         logging_steps=1,
         seed=seed,
         max_steps=RL_STEPS,
-        learning_rate=2e-3,
+        learning_rate=1e-3,
         lr_scheduler_type="constant",
-        per_device_train_batch_size=16,
+        per_device_train_batch_size=32,
         per_device_eval_batch_size=16,
         num_generations=4,
         max_completion_length=224,
@@ -127,4 +127,4 @@ def test_rl_learns_to_use_the_tool(warm_model_dir, tmp_path, monkeypatch):
         assert all("tools/call_frequency" in e and "rewards/tool_call_reward/mean" in e for e in steps)
         if after[0] >= before[0] + SUCCESS_MARGIN and after[1] >= before[1] + SHARE_MARGIN:
             learned.append(seed)
-    assert len(learned) >= MIN_SEEDS_LEARNING, f"learned on seeds {learned} of {list(SEEDS)}"
+    assert learned == list(SEEDS), f"learned on seeds {learned} of {list(SEEDS)}"
