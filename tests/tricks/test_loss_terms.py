@@ -6,17 +6,22 @@ import torch
 from trl_basics import LossInputs, TrickArguments, TrickContext, TrickPipeline
 
 
-def test_loss_stage_sums_kl_and_entropy_terms(registry):
+def _kl_and_entropy(registry, token_normalizer=None):
+    """KL (k2) in the loss with β 0.5 and the entropy bonus 0.1, on two active tokens and a masked one."""
     args = TrickArguments(kl_coef=0.5, kl_estimator="k2", kl_placement="loss", entropy_bonus_coef=0.1)
-    pipeline = TrickPipeline.from_args(args, registry)
     logprobs = torch.tensor([[0.2, -0.4, 5.0]], requires_grad=True)
     inputs = LossInputs(
         logprobs=logprobs,
         completion_mask=torch.tensor([[1.0, 1.0, 0.0]]),
         ref_logprobs=torch.zeros(1, 3),
         entropies=torch.tensor([[2.0, 1.0, 100.0]]),
+        token_normalizer=token_normalizer,
     )
-    loss = pipeline.loss(inputs, TrickContext())
+    return TrickPipeline.from_args(args, registry).loss(inputs, TrickContext()), logprobs
+
+
+def test_loss_stage_sums_kl_and_entropy_terms(registry):
+    loss, logprobs = _kl_and_entropy(registry)
     # k2 = ½ℓ²: mean(0.02, 0.08) = 0.05, times β 0.5; entropy: -0.1 · mean(2, 1).
     assert loss.item() == pytest.approx(0.5 * 0.05 - 0.1 * 1.5)
     loss.backward()
@@ -34,17 +39,7 @@ def test_loss_terms_over_an_accumulation_window(registry):
     """With the window's token count as normaliser, the terms are this micro-batch's share of the window's token
     mean: the KL and the linear entropy bonus divide their sums by it; the target form weighs the micro-batch's own
     |H̄ - δ| by its share of the window's tokens."""
-    args = TrickArguments(kl_coef=0.5, kl_estimator="k2", kl_placement="loss", entropy_bonus_coef=0.1)
-    pipeline = TrickPipeline.from_args(args, registry)
-    logprobs = torch.tensor([[0.2, -0.4, 5.0]], requires_grad=True)
-    inputs = LossInputs(
-        logprobs=logprobs,
-        completion_mask=torch.tensor([[1.0, 1.0, 0.0]]),
-        ref_logprobs=torch.zeros(1, 3),
-        entropies=torch.tensor([[2.0, 1.0, 100.0]]),
-        token_normalizer=torch.tensor(8.0),
-    )
-    loss = pipeline.loss(inputs, TrickContext())
+    loss, logprobs = _kl_and_entropy(registry, token_normalizer=torch.tensor(8.0))
     # k2 sum 0.02 + 0.08 = 0.1 over 8 tokens, times β 0.5; entropy: -0.1 · (2 + 1) / 8.
     assert loss.item() == pytest.approx(0.5 * 0.1 / 8 - 0.1 * 3.0 / 8)
     loss.backward()
