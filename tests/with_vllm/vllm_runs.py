@@ -6,9 +6,11 @@ so that the engine's process group and environment variables never reach other t
 
 ``SPEC.json`` holds ``{"model": DIR, "output_dir": DIR, "runs": [run, ...]}``; each run names a trainer id, a setting
 (``defaults`` or ``tricks``), the vLLM mode (``colocate`` or ``server`` with ``server_url``), whether to train a LoRA
-adapter, and the importance-sampling mode (or ``null`` for none). ``OUT.json`` gets one result per run: the merged
-training logs, the parameters that did not move, how far the engine's weights and log-probs are from the trainer's
-after a weight sync, and what the trainer's advantages and values were computed from.
+adapter, and the importance-sampling mode (or ``null`` for none). A run with ``"task": "multiply"`` or
+``"task": "guess_number"`` trains on that tool task through TRL's tool loop (``tools=`` or ``environment_factory=``),
+from its own ``"model"`` (one that has learnt to write the task's calls). ``OUT.json`` gets one result per run: the
+merged training logs, the parameters that did not move, how far the engine's weights and log-probs are from the
+trainer's after a weight sync, and what the trainer's advantages and values were computed from.
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ def trainers() -> dict:
 
 
 RLOO_BASED = ("rloo", "reinforce_ma")
+
+# The tool tasks: the entry point TRL gets them through, and room for their calls. A multiply call, its result and the
+# answer take about 50 tokens; a binary search over 1..16 up to four calls with their replies.
+TOOL_TASKS = {
+    "multiply": ("tools", {"max_completion_length": 96, "max_tool_calling_iterations": 1}),
+    "guess_number": ("environment_factory", {"max_completion_length": 256, "max_tool_calling_iterations": 4}),
+}
 
 
 def config_fields(trainer_id: str, setting: str, fixed: dict, output_dir: str) -> dict:
@@ -200,66 +209,106 @@ def engine_probe_logprobs(trainer, mode: str):
     return torch.tensor(rows)
 
 
-def record_rollouts(trainer, sink: list) -> None:
+def record_rollouts(trainer, sink: list) -> list:
     """Record, per generation round, what the trainer's advantages were computed from: the log-probs in the rollout
-    against a fresh forward pass of the trainer and against vLLM's sampling log-probs, and (PPO-max) the values."""
+    against a fresh forward pass of the trainer and against vLLM's sampling log-probs, and (PPO-max) the values; all
+    on the tokens the policy chose (tool outputs left out). Returns the rounds' batches, for ``tool_token_entries``
+    once the trainer has written its advantages into them."""
     import torch
 
+    from trl_basics.trainer_mixin import action_mask
+
+    batches: list = []
     if not hasattr(trainer, "build_rollout"):
-        return
+        return batches
     original = trainer.build_rollout
 
     def build_rollout(out, passes):
         rollout = original(out, passes)
         entry = {}
-        mask = out["completion_mask"].bool()
+        mask = action_mask(out).bool()
         if rollout.logprobs is not None:
             fresh = trainer.completion_logprobs(out)
             entry["logprobs_vs_trainer_forward"] = (rollout.logprobs - fresh)[mask].abs().max().item()
             sampling = out.get("sampling_per_token_logps")
             if sampling is not None:
-                entry["logprobs_vs_vllm"] = (rollout.logprobs - sampling)[mask].abs().max().item()
+                gap = (rollout.logprobs - sampling)[mask].abs()
+                entry["logprobs_vs_vllm"] = gap.max().item()
+                entry["logprobs_vs_vllm_mean"] = gap.mean().item()
         if rollout.values is not None:
             with torch.no_grad():
                 again = trainer.critic.values(out)
             entry["values_vs_critic_forward"] = (rollout.values - again)[mask].abs().max().item()
         sink.append(entry)
+        batches.append(out)
         return rollout
 
     trainer.build_rollout = build_rollout
+    return batches
+
+
+def tool_token_entries(batches: list, rounds: list) -> None:
+    """Add to each round what reached the tool-output tokens (``tool_mask`` 0 inside the completion): how many there
+    were, and the largest advantage and value target the trainer wrote there."""
+    for out, entry in zip(batches, rounds, strict=True):
+        if "tool_mask" not in out:
+            continue
+        holes = out["completion_mask"].bool() & ~out["tool_mask"].bool()
+        entry["tool_tokens"] = int(holes.sum())
+        entry["policy_tokens"] = int((out["completion_mask"].bool() & out["tool_mask"].bool()).sum())
+        advantages = out["advantages"]
+        if advantages.dim() == 2:
+            entry["advantage_at_tool_tokens"] = advantages[holes].abs().max().item() if holes.any() else 0.0
+            entry["advantage_at_policy_tokens"] = advantages[~holes & out["completion_mask"].bool()].abs().max().item()
+        if "returns" in out:
+            entry["return_at_tool_tokens"] = out["returns"][holes].abs().max().item() if holes.any() else 0.0
+
+
+def task_inputs(run: dict) -> tuple[dict, dict]:
+    """The trainer's task arguments for ``run`` (reward functions, data, tools or an environment) and the config
+    fields the task needs."""
+    from trl_basics.kit import GUESS_NUMBER_TASK, MULTIPLY_TOOL_TASK, get_task, tool_call_reward
+
+    name = run.get("task", "token_kind")
+    if name not in TOOL_TASKS:
+        task = get_task(name)
+        return {"reward_funcs": task.reward_func, "train_dataset": task.make_dataset(64, seed=0)}, {}
+    entry, fields = TOOL_TASKS[name]
+    task = MULTIPLY_TOOL_TASK if name == "multiply" else GUESS_NUMBER_TASK
+    inputs = {
+        "reward_funcs": [task.reward_func, tool_call_reward],
+        "train_dataset": task.make_dataset(64, seed=0),
+        entry: list(task.tools) if entry == "tools" else task.environment_factory,
+    }
+    return inputs, fields
 
 
 def one_run(run: dict, model_dir: str, output_dir: str) -> dict:
     import torch
 
-    from trl_basics.kit import get_task
     from trl_basics.seams import vllm_engine_model
 
     trainer_cls, config_cls, fixed = trainers()[run["trainer"]]
     fields = config_fields(run["trainer"], run["setting"], fixed, output_dir)
     fields.update(vllm_fields(run))
+    kwargs, task_fields = task_inputs(run)
+    fields.update(task_fields)
     fields.update(run.get("config", {}))
-    task = get_task("token_kind")
-    kwargs = {}
     if run.get("peft"):
         from peft import LoraConfig
 
         kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     started = time.perf_counter()
-    trainer = trainer_cls(
-        model=model_dir,
-        reward_funcs=task.reward_func,
-        args=config_cls(**fields),
-        train_dataset=task.make_dataset(64, seed=0),
-        **kwargs,
-    )
+    trainer = trainer_cls(model=run.get("model", model_dir), args=config_cls(**fields), **kwargs)
     built = time.perf_counter()
     rounds: list = []
-    record_rollouts(trainer, rounds)
+    batches = record_rollouts(trainer, rounds)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     engine_before = engine_probe_logprobs(trainer, run["mode"]) if run.get("probe_initial", True) else None
     trainer.train()
     trained = time.perf_counter()
+    tool_token_entries(batches, rounds)
+    del batches
     unchanged = [n for n, p in trainer.model.named_parameters() if n in before and torch.equal(before[n], p)]
     # The last optimizer step comes after the last generation: push it, then compare engine and trainer.
     trainer.vllm_generation.sync_weights()
@@ -269,9 +318,12 @@ def one_run(run: dict, model_dir: str, output_dir: str) -> dict:
         "trainable": len(before),
         "unchanged": unchanged,
         "rounds": rounds,
+        "steps": [entry for entry in trainer.state.log_history if "loss" in entry],
         "seconds": {"build": built - started, "train": trained - built},
         "vllm_model_is_policy": trainer.vllm_generation.model is trainer.model,
     }
+    if getattr(trainer, "environments", None):  # the last round's environments: the guesses they heard
+        result["environment_guesses"] = sum(len(env.guesses) for env in trainer.environments)
     trainer_logprobs = trainer_probe_logprobs(trainer.model)
     engine_after = engine_probe_logprobs(trainer, run["mode"])
     result["probe_gap_after_sync"] = (engine_after - trainer_logprobs).abs().max().item()
