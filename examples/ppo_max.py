@@ -12,12 +12,12 @@ reward of the first and last steps, e.g. 0.42 -> 0.96.
 
 from dataclasses import dataclass, field
 
+from _common import ExampleArguments, example_defaults, prepare, report
 from trl import TrlParser
 
 # from trl import GRPOConfig, GRPOTrainer
-from trl_basics import PPOMaxConfig as GRPOConfig, PPOMaxTrainer as GRPOTrainer
-
-from _common import ExampleArguments, example_defaults, prepare, report
+from trl_basics import PPOMaxConfig as GRPOConfig
+from trl_basics import PPOMaxTrainer as GRPOTrainer
 
 
 @dataclass

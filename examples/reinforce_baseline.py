@@ -3,12 +3,12 @@
     python examples/reinforce_baseline.py --output_dir trl-basics-output/reinforce_baseline --num_generations 1
 """
 
+from _common import ExampleArguments, example_defaults, prepare, report
 from trl import TrlParser
 
 # from trl import RLOOConfig, RLOOTrainer
-from trl_basics import ReinforceWithBaselineConfig as RLOOConfig, ReinforceWithBaselineTrainer as RLOOTrainer
-
-from _common import ExampleArguments, example_defaults, prepare, report
+from trl_basics import ReinforceWithBaselineConfig as RLOOConfig
+from trl_basics import ReinforceWithBaselineTrainer as RLOOTrainer
 
 
 def main() -> None:

@@ -4,12 +4,12 @@
     python examples/reinforce_pp.py --output_dir trl-basics-output/reinforce_pp_baseline --baseline group
 """
 
+from _common import ExampleArguments, example_defaults, prepare, report
 from trl import TrlParser
 
 # from trl import GRPOConfig, GRPOTrainer
-from trl_basics import ReinforcePlusPlusConfig as GRPOConfig, ReinforcePlusPlusTrainer as GRPOTrainer
-
-from _common import ExampleArguments, example_defaults, prepare, report
+from trl_basics import ReinforcePlusPlusConfig as GRPOConfig
+from trl_basics import ReinforcePlusPlusTrainer as GRPOTrainer
 
 
 def main() -> None:

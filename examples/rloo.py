@@ -5,12 +5,11 @@
     python examples/rloo.py --output_dir trl-basics-output/rloo --paper_faithful true
 """
 
+from _common import ExampleArguments, example_defaults, prepare, report
 from trl import TrlParser
 
 # from trl import RLOOConfig, RLOOTrainer
 from trl_basics import RLOOConfig, RLOOTrainer
-
-from _common import ExampleArguments, example_defaults, prepare, report
 
 
 def main() -> None:

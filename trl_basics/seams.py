@@ -296,15 +296,15 @@ class TRLSeams:
     def restore_finished_run(self, checkpoint: str) -> Any:
         """The end of a run whose newest checkpoint is at ``max_steps``: the checkpoint's weights and trainer state,
         with no step taken (transformers' ``train`` would take one more, past ``max_steps``). Returns the
-        ``TrainOutput`` of a run that trained no step now; its loss is the finished run's, where it was logged."""
+        ``TrainOutput`` of a run that trained no step now; its loss is the finished run's, rebuilt from the
+        checkpoint's logs (``checkpoints.logged_training_loss``)."""
         from transformers.trainer_callback import TrainerState
         from transformers.trainer_utils import TrainOutput
 
         self._load_from_checkpoint(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
         self.load_checkpoint_extras(checkpoint)
-        losses = [entry["train_loss"] for entry in self.state.log_history if "train_loss" in entry]
-        return TrainOutput(self.state.global_step, losses[-1] if losses else float("nan"), {})
+        return TrainOutput(self.state.global_step, checkpoints.logged_training_loss(self.state.log_history), {})
 
     # --- parent state, changed for a while ----------------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
 
-from helpers import cpu_kwargs  # noqa: E402
+from helpers import cpu_kwargs
 
-import trl_basics as tb  # noqa: E402
-from trl_basics.kit.tasks import get_task  # noqa: E402
+import trl_basics as tb
+from trl_basics.kit.tasks import get_task
 
 
 def main(model_dir: str, output_dir: str, mode: str) -> None:

@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
 
-from helpers import cpu_kwargs  # noqa: E402
+from helpers import cpu_kwargs
 
-import trl_basics as tb  # noqa: E402
-from trl_basics import checkpoints  # noqa: E402
-from trl_basics.kit.tasks import get_task  # noqa: E402
+import trl_basics as tb
+from trl_basics import checkpoints
+from trl_basics.kit.tasks import get_task
 
 PAGE = 4096
 

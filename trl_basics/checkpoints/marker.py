@@ -179,6 +179,23 @@ def run_is_finished(folder: str, max_steps: int) -> bool:
     return max_steps > 0 and checkpoint_step(folder) >= max_steps
 
 
+def logged_training_loss(log_history: list[dict]) -> float:
+    """The training loss of a finished run, rebuilt from its ``log_history``: the run's own ``train_loss`` where it
+    was logged, else the mean loss per step over the logged steps (each logged ``loss`` is the mean of the steps
+    since the previous log, so it is weighted by their number). That equals transformers' end-of-run figure when the
+    last step was logged; steps after the last log are not in the history. NaN only when no loss was logged."""
+    finals = [entry["train_loss"] for entry in log_history if "train_loss" in entry]
+    if finals:
+        return float(finals[-1])
+    total, steps, last = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry and entry["step"] > last:
+            total += float(entry["loss"]) * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    return total / steps if steps else float("nan")
+
+
 def find_resumable_checkpoint(output_dir: str) -> str | None:
     """The newest complete checkpoint in ``output_dir``, or ``None``. Logs one line per incomplete one passed over."""
     for name, _ in _checkpoint_dirs(output_dir):
