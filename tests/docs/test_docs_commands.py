@@ -24,7 +24,7 @@ MARKER = re.compile(r"<!--\s*not-run:\s*(.+?)\s*-->")
 # (page, first line of the block) -> why it is not run here.
 NOT_RUN = {
     ("README.md", "bash scripts/setup.sh && .venv/bin/trl-basics demo"): "creates a venv and installs from an index",
-    ("README.md", "bash scripts/setup.sh && .venv/bin/python -m pytest -q"): "installs from an index; runs the suite",
+    ("README.md", "bash scripts/setup.sh && .venv/bin/python -m pytest -q -n 2 --dist loadfile"): "installs from an index; runs the suite",
     ("README.md", '.venv/bin/python -m pytest -q -m "not slow"'): "runs the suite, less its slow tests, from inside it",
     ("README.md", "pip install .                  # the library and the `trl-basics` command"): "pip install",
     ("docs/quickstart.md", "bash scripts/setup.sh          # creates .venv, installs trl_basics[dev] and the example plugin"): "installs from an index",
