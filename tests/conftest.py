@@ -10,6 +10,20 @@ from trl_basics.kit.tasks import get_task
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    # Under pytest-xdist with `--dist loadfile` (the README's command) files go to the workers in the order
+    # `pytest_collection_modifyitems` leaves them in, instead of xdist's own order (most tests first).
+    if getattr(config.option, "dist", "no") == "loadfile":
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with a slow test first, each file's tests kept together and in order: with two workers the files that
+    take minutes start early and the many short ones fill the end, instead of one long file running alone last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # a stable sort
+
+
 @pytest.fixture
 def pm():
     """A fresh plugin manager with only the built-in plugins (no entry-point autoload)."""
